@@ -1,0 +1,5 @@
+"""``python -m dakr`` runs the command line interface."""
+
+from dakr.cli import main
+
+raise SystemExit(main())
