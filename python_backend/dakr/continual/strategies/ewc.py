@@ -1,0 +1,87 @@
+"""``ewc``: Elastic Weight Consolidation (Kirkpatrick et al., 2017) with a diagonal Fisher.
+
+After each stage the empirical diagonal Fisher of the segmentation loss is estimated on the
+stage's training data, normalised to mean 1 and accumulated with the Fisher inherited from the
+parent version; the parameters at that point are the anchor. The penalty is
+``ewc_lambda · mean_i F_i (θ_i − θ*_i)²``. Fisher and anchor are stored with the model version.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.losses import DiceCELoss
+
+from dakr.nets.factory import unwrap
+from dakr.training.strategy import Batch, StageContext, Strategy
+
+#: Batches used to estimate the Fisher information.
+FISHER_BATCHES = 8
+
+
+class EWC(Strategy):
+    """Quadratic penalty that keeps parameters important for past sites near their old values."""
+
+    name = "ewc"
+    description = "elastic weight consolidation (diagonal Fisher)"
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.fisher: dict[str, torch.Tensor] = {}
+        self.anchor: dict[str, torch.Tensor] = {}
+
+    def before_stage(self, ctx: StageContext) -> None:
+        self.fisher = {k[len("fisher."):]: v.to(ctx.device) for k, v in ctx.inherited_state.items() if k.startswith("fisher.")}
+        self.anchor = {k[len("anchor."):]: v.to(ctx.device) for k, v in ctx.inherited_state.items() if k.startswith("anchor.")}
+        if not self.fisher and ctx.previous_model is not None and ctx.buffer is not None and len(ctx.buffer):
+            # The parent was trained by another strategy: estimate its Fisher on the buffered past samples.
+            self.fisher = _fisher(ctx.previous_model, lambda n: ctx.buffer.sample(n, ctx.rng), ctx)
+            self.anchor = {k: p.detach().clone() for k, p in unwrap(ctx.previous_model).named_parameters()}
+
+    def extra_losses(self, ctx: StageContext, batch: Batch, logits: torch.Tensor, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self.fisher:
+            return {}
+        penalty = logits.new_zeros((), dtype=torch.float32)
+        count = 0
+        for name, parameter in unwrap(ctx.model).named_parameters():
+            if name in self.fisher:
+                penalty = penalty + (self.fisher[name] * (parameter - self.anchor[name]).pow(2)).sum()
+                count += parameter.numel()
+        return {"ewc": self.config.continual.ewc_lambda * penalty / max(count, 1)}
+
+    def after_stage(self, ctx: StageContext) -> None:
+        current = _fisher(ctx.model, lambda n: ctx.sampler.sample(n, ctx.rng), ctx)
+        self.fisher = {k: current[k] + self.fisher.get(k, torch.zeros_like(current[k])) for k in current}
+        self.anchor = {k: p.detach().clone() for k, p in unwrap(ctx.model).named_parameters()}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            **{f"fisher.{k}": v.detach().cpu() for k, v in self.fisher.items()},
+            **{f"anchor.{k}": v.detach().cpu() for k, v in self.anchor.items()},
+        }
+
+
+def _fisher(model: torch.nn.Module, draw, ctx: StageContext) -> dict[str, torch.Tensor]:
+    """Empirical diagonal Fisher (mean squared gradient of Dice+CE), normalised to mean 1."""
+    net = unwrap(model)
+    was_training = net.training
+    frozen = [p for p in net.parameters() if not p.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(True)
+    net.eval()
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    squares = {k: torch.zeros_like(p) for k, p in net.named_parameters()}
+    for _ in range(FISHER_BATCHES):
+        images, labels = draw(ctx.config.train.batch_size)
+        net.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            loss = loss_fn(net(torch.from_numpy(images).to(ctx.device)), torch.from_numpy(labels).to(ctx.device))
+            loss.backward()
+        for k, p in net.named_parameters():
+            if p.grad is not None:
+                squares[k] += p.grad.detach().pow(2) / FISHER_BATCHES
+    net.zero_grad(set_to_none=True)
+    net.train(was_training)
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    mean = torch.stack([v.sum() for v in squares.values()]).sum() / sum(v.numel() for v in squares.values())
+    return {k: v / mean.clamp_min(1e-12) for k, v in squares.items()}

@@ -1,0 +1,10 @@
+"""``finetune``: sequential fine-tuning on each new site, the lower bound on retention."""
+
+from dakr.training.strategy import Strategy
+
+
+class Finetune(Strategy):
+    """Train on the new site only; nothing protects what earlier sites taught the network."""
+
+    name = "finetune"
+    description = "sequential fine-tuning on the new site (lower bound)"
