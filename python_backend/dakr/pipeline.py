@@ -21,7 +21,7 @@ import torch
 from monai.utils import set_determinism
 from torch import nn
 
-from dakr.config import ConfigError, ExperimentConfig, apply_overrides
+from dakr.config import ConfigError, ExperimentConfig, apply_overrides, flatten
 from dakr.continual.buffer import ReplayBuffer, update_buffer
 from dakr.continual.strategies import get_strategy
 from dakr.data.io import read_image, write_image
@@ -61,13 +61,16 @@ def stage_config(store: Store, parent: VersionInfo | None, overrides: dict[str, 
     overrides = dict(overrides or {})
     if parent is None:
         return apply_overrides(ExperimentConfig(), overrides)
-    fixed = [k for k in overrides if k.startswith(("net.", "preprocess."))]
+    inherited = ExperimentConfig.from_dict(parent.config)
+    current = flatten(inherited.to_dict())
+    requested = flatten(apply_overrides(inherited, overrides).to_dict())
+    fixed = [k for k in overrides if k.startswith(("net.", "preprocess.")) and requested[k] != current[k]]
     if fixed:
         raise ConfigError(
             f"{', '.join(fixed)} cannot change after the base model: they are fixed by version {parent.id}. "
             "Fix: drop these overrides, or start a new store"
         )
-    return apply_overrides(ExperimentConfig.from_dict(parent.config), overrides)
+    return apply_overrides(inherited, overrides)
 
 
 def build_model(config: ExperimentConfig, num_classes: int, tensors: dict[str, torch.Tensor] | None, device: torch.device) -> nn.Module:
@@ -95,9 +98,9 @@ def load_version_model(store: Store, version_id: int, device: torch.device | Non
 
 # -- data ----------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=256)
-def _preprocessed(image: str, label: str, preprocess_json: str) -> PreprocessedCase:
+def _preprocessed(image: str, label: str, preprocess_json: str, case_id: str) -> PreprocessedCase:
     config = ExperimentConfig.from_dict({"preprocess": json.loads(preprocess_json)}).preprocess
-    return preprocess_case(image, label, config)
+    return preprocess_case(image, label, config, case_id=case_id)
 
 
 def training_cases(store: Store, sites: list[str], config: ExperimentConfig, values: list[int]) -> list[PreprocessedCase]:
@@ -110,7 +113,7 @@ def training_cases(store: Store, sites: list[str], config: ExperimentConfig, val
         for record in store.cases(site, "train"):
             if record.image_path is None or record.label_path is None:
                 continue
-            case = _preprocessed(str(record.image_path), str(record.label_path), key)
+            case = _preprocessed(str(record.image_path), str(record.label_path), key, record.case_id)
             cases.append(PreprocessedCase(case.case_id, case.image, lookup[case.label], case.reference))
     return cases
 
@@ -182,7 +185,7 @@ def adapt(
         training_cases(store, [site], config, values), tuple(config.net.patch_size), config.net.spatial_dims,
         config.train.foreground_oversample,
     )
-    new_buffer = update_buffer(buffer, site, site_sampler, config.continual, seeded_rng(config.train.seed, -ctx.stage), model)
+    new_buffer = update_buffer(buffer, site, site_sampler, config.continual, seeded_rng(config.train.seed, ctx.stage, purpose=1), model)
     tensors = {NETWORK_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()}
     tensors.update({STRATEGY_PREFIX + k: v for k, v in method.state_tensors().items()})
     version = store.add_version(

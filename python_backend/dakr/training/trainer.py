@@ -222,7 +222,7 @@ def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return None
 
 
-def seeded_rng(seed: int, stage: int) -> np.random.Generator:
-    """The sampling RNG of a stage (distinct per rank in a distributed run)."""
+def seeded_rng(seed: int, stage: int, purpose: int = 0) -> np.random.Generator:
+    """The RNG of a stage for one ``purpose`` (0: training batches, 1: buffer selection), distinct per rank."""
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return np.random.default_rng([seed, stage, rank])
+    return np.random.default_rng([seed, stage, purpose, rank])

@@ -1,0 +1,1 @@
+"""Continual-learning parts: HSIC alignment, feature mapping/pairing blocks, buffer and strategies."""

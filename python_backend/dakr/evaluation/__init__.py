@@ -1,0 +1,1 @@
+"""Evaluation: per-volume segmentation metrics and continual-learning summaries of the accuracy matrix."""

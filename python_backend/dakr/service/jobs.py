@@ -1,0 +1,221 @@
+"""The job runner: each job runs in its own worker subprocess, watched by a monitor thread.
+
+A worker is ``python -m dakr worker STORE JOB_ID`` in a new process group, so neither a crash
+nor a cancel of a job can take the server down. The worker records its own outcome in the
+store; the runner only steps in when a worker vanished without one (killed, crashed, or the
+server itself restarted), marking the job ``interrupted``, ``failed`` or ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dakr.service import processes
+from dakr.service.job_files import LOG_FILE
+from dakr.store import Store
+from dakr.store.records import JobRecord
+
+log = logging.getLogger(__name__)
+
+#: Job kinds that train; only one of them may run at a time.
+TRAINING_KINDS = frozenset({"adapt"})
+#: States of a job whose worker is (or should be) alive.
+ACTIVE_STATES = ("queued", "running")
+#: States from which ``resume`` starts a new worker on the same job.
+RESUMABLE_STATES = ("interrupted", "cancelled")
+
+
+class JobConflict(Exception):
+    """A training job is already running (HTTP 409); ``job_id`` names it."""
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobStateError(Exception):
+    """The job's state does not allow the request, e.g. cancelling a finished job (HTTP 409)."""
+
+
+def worker_command(store_path: Path, job_id: str) -> list[str]:
+    """The command line of the worker process of a job."""
+    return [sys.executable, "-m", "dakr", "worker", str(store_path), job_id]
+
+
+class JobRunner:
+    """Starts, cancels, resumes and watches the worker processes of one store's jobs.
+
+    ``cancel_grace_s`` is how long a cancelled worker may take to checkpoint and exit before
+    its process group is killed; ``poll_interval_s`` is the monitor's period.
+    """
+
+    def __init__(self, store: Store, store_path: Path, *, cancel_grace_s: float = 20.0, poll_interval_s: float = 0.5) -> None:
+        self.store = store
+        self.store_path = store_path
+        self.cancel_grace_s = cancel_grace_s
+        self.poll_interval_s = poll_interval_s
+        self._lock = threading.RLock()
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._cancel_requested: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Mark jobs whose worker died while no server watched them, then start the monitor."""
+        self.check()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._monitor, name="dakr-job-monitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the monitor thread. Running workers notice the server is gone and stop themselves."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _monitor(self) -> None:
+        while not self._stop.wait(self.poll_interval_s):
+            try:
+                self.check()
+            except Exception:
+                log.exception("job monitor pass failed; retrying")
+
+    # -- requests -----------------------------------------------------------------------------
+    def submit(self, kind: str, params: dict[str, Any]) -> JobRecord:
+        """Create a job and start its worker; raises :class:`JobConflict` while training runs."""
+        with self._lock:
+            self.check()
+            if kind in TRAINING_KINDS:
+                self._refuse_second_training_job()
+            job = self.store.create_job(kind, params)
+            return self._spawn(job.id)
+
+    def resume(self, job_id: str) -> JobRecord:
+        """Start a new worker for an interrupted or cancelled job; it continues from its checkpoint."""
+        with self._lock:
+            self.check()
+            job = self.store.job(job_id)
+            if job.state not in RESUMABLE_STATES:
+                raise JobStateError(
+                    f"job {job_id} is {job.state}; only interrupted or cancelled jobs can be resumed"
+                    + (" (start a new job instead)" if job.state in ("failed", "succeeded") else "")
+                )
+            if job.kind in TRAINING_KINDS:
+                self._refuse_second_training_job()
+            self.store.update_job(job_id, state="queued", error=None, pid=None)
+            return self._spawn(job_id)
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Ask the job's worker to checkpoint and stop; its group is killed after the grace period."""
+        with self._lock:
+            job = self.store.job(job_id)
+            if job.state not in ACTIVE_STATES:
+                raise JobStateError(f"job {job_id} is {job.state}; only queued or running jobs can be cancelled")
+            self._cancel_requested.setdefault(job_id, time.monotonic())
+            if job.pid is not None and self._alive(job):
+                processes.request_stop(job.pid)
+            else:
+                self._finish(job, None)
+            return self.store.job(job_id)
+
+    def running_training_job(self) -> str | None:
+        """Id of the queued or running training job, if any."""
+        for job in self.store.jobs():
+            if job.kind in TRAINING_KINDS and job.state in ACTIVE_STATES:
+                return job.id
+        return None
+
+    # -- monitoring ---------------------------------------------------------------------------
+    def check(self) -> None:
+        """One monitor pass: reap exited workers, escalate overdue cancels, mark vanished jobs."""
+        with self._lock:
+            for job_id, process in list(self._children.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                del self._children[job_id]
+                job = self.store.job(job_id)
+                if job.state in ACTIVE_STATES:
+                    self._finish(job, code)
+                else:
+                    self._cancel_requested.pop(job_id, None)
+            for job in self.store.jobs():
+                if job.state not in ACTIVE_STATES:
+                    continue
+                if job.id not in self._children and not self._alive(job):
+                    self._finish(job, None)
+                else:
+                    self._escalate_cancel(job)
+
+    def _alive(self, job: JobRecord) -> bool:
+        if job.id in self._children:
+            return self._children[job.id].poll() is None
+        return job.pid is not None and processes.is_worker_alive(job.pid, job.id)
+
+    def _escalate_cancel(self, job: JobRecord) -> None:
+        requested = self._cancel_requested.get(job.id)
+        if requested is not None and job.pid is not None and time.monotonic() - requested > self.cancel_grace_s:
+            log.warning("job %s did not stop within %.0f s of cancel; killing its worker", job.id, self.cancel_grace_s)
+            processes.kill(job.pid)
+
+    def _finish(self, job: JobRecord, exit_code: int | None) -> None:
+        """Record the outcome of a job whose worker ended without recording one itself."""
+        resume = f"POST /api/v1/jobs/{job.id}/resume continues it from its last checkpoint"
+        if self._cancel_requested.pop(job.id, None) is not None:
+            state, error = "cancelled", f"cancelled; the worker was stopped before it could report. {resume}"
+        elif exit_code is None:
+            state, error = "interrupted", f"the worker process is gone (the server or the machine stopped while the job ran). {resume}"
+        elif exit_code < 0:
+            state, error = "interrupted", f"the worker was killed by {_signal_name(-exit_code)}. {resume}"
+        else:
+            state = "failed"
+            error = f"the worker exited with code {exit_code} without reporting a result; see GET /api/v1/jobs/{job.id}/log"
+        self.store.update_job(job.id, state=state, error=error)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _refuse_second_training_job(self) -> None:
+        running = self.running_training_job()
+        if running is not None:
+            raise JobConflict(
+                f"training job {running} is still running; wait for it to finish or cancel it "
+                f"(POST /api/v1/jobs/{running}/cancel) before starting another",
+                running,
+            )
+
+    def _spawn(self, job_id: str) -> JobRecord:
+        job_dir = self.store.job_dir(job_id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with (job_dir / LOG_FILE).open("ab") as log_file:
+            try:
+                process = subprocess.Popen(
+                    worker_command(self.store_path, job_id),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    **processes.SPAWN_OPTIONS,
+                )
+            except OSError as exc:
+                self.store.update_job(job_id, state="failed", error=f"cannot start the worker process ({exc}); check the Python installation of the server")
+                return self.store.job(job_id)
+        self._children[job_id] = process
+        self.store.update_job(job_id, pid=process.pid)
+        return self.store.job(job_id)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

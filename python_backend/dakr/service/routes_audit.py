@@ -1,0 +1,85 @@
+"""Audit view of a stored case: its image, label map, a version's prediction and per-case Dice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import FileResponse
+
+from dakr import pipeline
+from dakr.service.context import ServiceContext, case_or_404, get_context, version_or_404, version_or_active
+from dakr.service.schemas import CaseDiceOut, ErrorOut
+from dakr.store.aggregate import foreground_dice, mean_skipping_nan
+
+router = APIRouter(tags=["audit"])
+_CASE = "/sites/{site}/cases/{case_id}"
+_FILE_RESPONSES = {
+    200: {"content": {"application/gzip": {}}, "description": "a NIfTI (.nii.gz) volume"},
+    400: {"model": ErrorOut, "description": "invalid site or case name"},
+    404: {"model": ErrorOut, "description": "unknown site, case or version"},
+    410: {"model": ErrorOut, "description": "the site was purged"},
+}
+
+
+def _nifti(path: Path, name: str) -> FileResponse:
+    return FileResponse(path, media_type="application/gzip", filename=name)
+
+
+@router.get(_CASE + "/image", response_class=FileResponse, responses=_FILE_RESPONSES, summary="The stored volume of a case")
+def case_image(site: str, case_id: str, context: ServiceContext = Depends(get_context)) -> FileResponse:
+    record = case_or_404(context.store, site, case_id)
+    return _nifti(record.image_path, f"{site}_{case_id}_image.nii.gz")
+
+
+@router.get(_CASE + "/label", response_class=FileResponse, responses=_FILE_RESPONSES, summary="The stored label map of a case")
+def case_label(site: str, case_id: str, context: ServiceContext = Depends(get_context)) -> FileResponse:
+    record = case_or_404(context.store, site, case_id)
+    return _nifti(record.label_path, f"{site}_{case_id}_label.nii.gz")
+
+
+@router.get(
+    _CASE + "/prediction",
+    response_class=FileResponse,
+    responses={**_FILE_RESPONSES, 409: {"model": ErrorOut, "description": "no model yet"}},
+    summary="A version's prediction for a case (cached after the first request)",
+)
+def case_prediction(
+    site: str,
+    case_id: str,
+    version: Annotated[int | None, Query(description="model version (default: the active one)")] = None,
+    context: ServiceContext = Depends(get_context),
+) -> FileResponse:
+    record = case_or_404(context.store, site, case_id)
+    version_id = version_or_active(context.store, version)
+    path = pipeline.audit_prediction(context.store, version_id, record.site, record.case_id)
+    return _nifti(path, f"{site}_{case_id}_v{version_id}.nii.gz")
+
+
+@router.get(
+    _CASE + "/dice",
+    response_model=CaseDiceOut,
+    responses={k: v for k, v in _FILE_RESPONSES.items() if k != 200},
+    summary="Mean foreground Dice of a case under two versions",
+)
+def case_dice(
+    site: str,
+    case_id: str,
+    before: Annotated[int, Query(description="the earlier version")],
+    after: Annotated[int, Query(description="the later version")],
+    context: ServiceContext = Depends(get_context),
+) -> CaseDiceOut:
+    """``null`` for a version not evaluated on the case yet (POST /api/v1/models/{id}/evaluate)."""
+    case_or_404(context.store, site, case_id, need_files=False)
+    for version in (before, after):
+        version_or_404(context.store, version)
+    return CaseDiceOut(before=_case_dice(context, before, site, case_id), after=_case_dice(context, after, site, case_id))
+
+
+def _case_dice(context: ServiceContext, version: int, site: str, case_id: str) -> float | None:
+    background = {name for name, value in (context.store.label_names or {}).items() if value == 0}
+    for record in context.store.evaluations(version, site):
+        if record.case_id == case_id:
+            return mean_skipping_nan(foreground_dice(record.dice, background).values())
+    return None

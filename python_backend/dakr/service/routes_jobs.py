@@ -1,0 +1,108 @@
+"""Jobs: start an adapt job, follow its progress and log, cancel and resume it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+
+from dakr import pipeline
+from dakr.continual.strategies import get_strategy
+from dakr.progress import read_events
+from dakr.service.context import ServiceContext, get_context, job_or_404
+from dakr.service.job_files import EVENTS_FILE, LOG_FILE, last_event, tail_lines
+from dakr.service.schemas import AdaptJobIn, ConflictOut, ErrorOut, EventsOut, JobCreatedOut, JobOut, LogOut, ProgressOut
+from dakr.service.security import safe_name
+from dakr.store import JobRecord, Store, StoreError
+
+router = APIRouter(tags=["jobs"])
+_NOT_FOUND = {404: {"model": ErrorOut, "description": "unknown job"}}
+_CONFLICT = {409: {"model": ConflictOut, "description": "a training job is already running; job_id names it"}}
+
+
+def job_out(store: Store, job: JobRecord) -> JobOut:
+    """A job with its latest progress event."""
+    event = last_event(store.job_dir(job.id) / EVENTS_FILE)
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        state=job.state,
+        params=job.params,
+        progress=ProgressOut(**event.to_dict()) if event else None,
+        created=job.created,
+        updated=job.updated,
+        error=job.error,
+        result=job.result,
+    )
+
+
+@router.post(
+    "/jobs",
+    response_model=JobCreatedOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={400: {"model": ErrorOut, "description": "bad site, strategy or config"}, **_CONFLICT},
+    summary="Start adapting the active model to a registered site",
+)
+def start_job(request: AdaptJobIn, context: ServiceContext = Depends(get_context)) -> JobCreatedOut:
+    """Checks the site, strategy and config overrides before the worker starts; one training job at a time."""
+    store = context.store
+    safe_name(request.site, "site")
+    try:
+        site = store.site(request.site)
+        get_strategy(request.strategy)
+        pipeline.stage_config(store, store.active_version(), request.config)
+    except (StoreError, ValueError) as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+    if site.purged:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"site {site.name!r} was purged; register its data again under a new name")
+    params = {"site": site.name, "strategy": request.strategy, "config": request.config}
+    job = context.runner.submit("adapt", params)
+    return JobCreatedOut(job_id=job.id)
+
+
+@router.get("/jobs", response_model=list[JobOut], summary="All jobs, newest first")
+def list_jobs(context: ServiceContext = Depends(get_context)) -> list[JobOut]:
+    return [job_out(context.store, job) for job in context.store.jobs()]
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=_NOT_FOUND, summary="One job with its latest progress")
+def get_job(job_id: str, context: ServiceContext = Depends(get_context)) -> JobOut:
+    return job_out(context.store, job_or_404(context.store, job_id))
+
+
+@router.get("/jobs/{job_id}/events", response_model=EventsOut, responses=_NOT_FOUND, summary="Progress events from index `since` on")
+def job_events(job_id: str, since: Annotated[int, Query(ge=0)] = 0, context: ServiceContext = Depends(get_context)) -> EventsOut:
+    job_or_404(context.store, job_id)
+    events = read_events(context.store.job_dir(job_id) / EVENTS_FILE, since)
+    return EventsOut(events=[ProgressOut(**event.to_dict()) for event in events], next=since + len(events))
+
+
+@router.get("/jobs/{job_id}/log", response_model=LogOut, responses=_NOT_FOUND, summary="The last lines of the worker's log")
+def job_log(
+    job_id: str, lines: Annotated[int, Query(ge=1, le=10_000)] = 200, context: ServiceContext = Depends(get_context)
+) -> LogOut:
+    job_or_404(context.store, job_id)
+    return LogOut(lines=tail_lines(context.store.job_dir(job_id) / LOG_FILE, lines))
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=JobOut,
+    responses={**_NOT_FOUND, 409: {"model": ErrorOut, "description": "the job is not running"}},
+    summary="Stop a job; training checkpoints first so it can be resumed",
+)
+def cancel_job(job_id: str, context: ServiceContext = Depends(get_context)) -> JobOut:
+    job_or_404(context.store, job_id)
+    return job_out(context.store, context.runner.cancel(job_id))
+
+
+@router.post(
+    "/jobs/{job_id}/resume",
+    response_model=JobOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**_NOT_FOUND, **_CONFLICT},
+    summary="Continue an interrupted or cancelled job from its last checkpoint",
+)
+def resume_job(job_id: str, context: ServiceContext = Depends(get_context)) -> JobOut:
+    job_or_404(context.store, job_id)
+    return job_out(context.store, context.runner.resume(job_id))

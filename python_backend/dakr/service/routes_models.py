@@ -1,0 +1,134 @@
+"""Model versions: list, activate (rollback), download, evaluate, the Dice matrix, and prediction."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Query, UploadFile, status
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+
+from dakr import pipeline
+from dakr.data.io import read_image, write_image
+from dakr.data.site import case_id_from_image
+from dakr.service.context import ServiceContext, get_context, version_or_404, version_or_active
+from dakr.service.schemas import ErrorOut, JobCreatedOut, MatrixOut, ModelOut
+from dakr.service.security import safe_name
+from dakr.service.uploads import FORMAT_SUFFIXES, check_volume
+from dakr.store import VersionInfo
+from dakr.store.files import CONFIG_FILE, WEIGHTS_FILE
+
+router = APIRouter(tags=["models"])
+_NOT_FOUND = {404: {"model": ErrorOut, "description": "unknown model version"}}
+
+
+def model_out(version: VersionInfo, dice: dict[str, float]) -> ModelOut:
+    return ModelOut(
+        id=version.id,
+        parent=version.parent,
+        site=version.site,
+        strategy=version.strategy,
+        created=version.created,
+        seed=version.seed,
+        config=version.config,
+        active=version.active,
+        dice=dice,
+    )
+
+
+def _dice_by_version(context: ServiceContext) -> dict[int, dict[str, float]]:
+    versions, sites, matrix = context.store.dice_matrix()
+    return {
+        version: {site: value for site, value in zip(sites, row) if value is not None}
+        for version, row in zip(versions, matrix)
+    }
+
+
+@router.get("/models", response_model=list[ModelOut], summary="All model versions with their per-site Dice")
+def list_models(context: ServiceContext = Depends(get_context)) -> list[ModelOut]:
+    dice = _dice_by_version(context)
+    return [model_out(version, dice.get(version.id, {})) for version in context.store.versions()]
+
+
+@router.post("/models/{version_id}/activate", response_model=ModelOut, responses=_NOT_FOUND, summary="Make a version the active one (rollback)")
+def activate_model(version_id: int, context: ServiceContext = Depends(get_context)) -> ModelOut:
+    version_or_404(context.store, version_id)
+    version = context.store.activate(version_id)
+    return model_out(version, _dice_by_version(context).get(version_id, {}))
+
+
+@router.get(
+    "/models/{version_id}/download",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "weights.safetensors and config.json"}, **_NOT_FOUND},
+    summary="The weights and config of a version as a zip file (the replay buffer, which holds patient data, is left out)",
+)
+def download_model(version_id: int, context: ServiceContext = Depends(get_context)) -> FileResponse:
+    version_or_404(context.store, version_id)
+    source = context.store.version_dir(version_id)
+    folder = Path(tempfile.mkdtemp(prefix="dakr-download-"))
+    archive = folder / f"dakr-model-{version_id}.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        for name in (WEIGHTS_FILE, CONFIG_FILE):
+            bundle.write(source / name, arcname=name)
+    return FileResponse(archive, media_type="application/zip", filename=archive.name, background=BackgroundTask(shutil.rmtree, folder))
+
+
+@router.post(
+    "/models/{version_id}/evaluate",
+    response_model=JobCreatedOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=_NOT_FOUND,
+    summary="Evaluate a version on every site's audit cases (a background job)",
+)
+def evaluate_model(version_id: int, context: ServiceContext = Depends(get_context)) -> JobCreatedOut:
+    version_or_404(context.store, version_id)
+    job = context.runner.submit("evaluate", {"version": version_id})
+    return JobCreatedOut(job_id=job.id)
+
+
+@router.get("/evaluation/matrix", response_model=MatrixOut, summary="Dice of every version on every site, overall and per class")
+def evaluation_matrix(context: ServiceContext = Depends(get_context)) -> MatrixOut:
+    versions, sites, dice = context.store.dice_matrix()
+    return MatrixOut(versions=versions, sites=sites, dice=dice, per_class=context.store.class_dice_matrix())
+
+
+@router.post(
+    "/predict",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "label map, same format and geometry as the input"},
+        400: {"model": ErrorOut, "description": "invalid file name or unreadable volume"},
+        409: {"model": ErrorOut, "description": "no model yet"},
+        413: {"model": ErrorOut, "description": "upload larger than the server's limit"},
+        415: {"model": ErrorOut, "description": "not a NIfTI, NRRD or MetaImage volume"},
+        **_NOT_FOUND,
+    },
+    summary="Segment an uploaded volume",
+)
+def predict(
+    file: Annotated[UploadFile, File(description="a 3D volume (.nii.gz, .nii, .nrrd, .mha)")],
+    version: Annotated[int | None, Query(description="model version (default: the active one)")] = None,
+    context: ServiceContext = Depends(get_context),
+) -> FileResponse:
+    """The label map comes back in the input's format, on the input's exact voxel grid."""
+    version_id = version_or_active(context.store, version)
+    name = safe_name(file.filename, "file")
+    suffix = FORMAT_SUFFIXES[check_volume(name, file.file)]
+    folder = Path(tempfile.mkdtemp(prefix="dakr-predict-"))
+    cleanup = BackgroundTask(shutil.rmtree, folder)
+    try:
+        source = folder / name
+        with source.open("wb") as handle:
+            shutil.copyfileobj(file.file, handle)
+        prediction = pipeline.predict_image(context.store, read_image(source), version_id)
+        output = folder / f"{case_id_from_image(name)}{suffix}"
+        write_image(prediction, output)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return FileResponse(output, media_type="application/octet-stream", filename=output.name, background=cleanup)

@@ -1,0 +1,150 @@
+"""The worker process of a job: ``dakr worker STORE JOB_ID`` runs one job to its end.
+
+The worker calls only :mod:`dakr.pipeline` functions, whose store writes are atomic, so
+killing it at any moment leaves the store consistent. It records its own outcome
+(``succeeded``, ``failed``, ``cancelled`` or ``interrupted``) in the store. SIGTERM (CTRL_BREAK
+on Windows) asks it to stop: training checkpoints and stops at the next step; evaluation
+stops at once. If the server that started it goes away, training checkpoints and stops too,
+so no orphan keeps the GPU busy; the restarted server can resume the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from dakr import pipeline
+from dakr.progress import ConsoleProgress, JsonLinesProgress, ProgressCallback, ProgressEvent
+from dakr.service import processes
+from dakr.service.job_files import ATTEMPTS_FILE, EVENTS_FILE, WORK_DIR
+from dakr.store import JobRecord, Store, StoreError
+from dakr.training import TrainingCancelled
+
+log = logging.getLogger("dakr.worker")
+
+#: How often the worker checks that the server that started it still runs.
+PARENT_POLL_S = 1.0
+
+
+class JobStopped(Exception):
+    """A non-training job was asked to stop."""
+
+
+class StopRequest:
+    """Why the job should stop: ``"cancel"`` (SIGTERM) or ``"orphaned"`` (the server is gone).
+
+    Training jobs are ``cooperative``: the trainer polls :meth:`is_set`, checkpoints and
+    raises ``TrainingCancelled``. Other jobs raise :class:`JobStopped` from the signal handler.
+    """
+
+    def __init__(self, cooperative: bool) -> None:
+        self.cooperative = cooperative
+        self.reason: str | None = None
+
+    def is_set(self) -> bool:
+        return self.reason is not None
+
+    def install(self) -> None:
+        """Handle the stop signal and, for training, watch the parent process."""
+        signal.signal(signal.SIGBREAK if os.name == "nt" else signal.SIGTERM, self._on_signal)
+        if self.cooperative:
+            parent = os.getppid()
+            threading.Thread(target=self._watch_parent, args=(parent,), name="dakr-parent-watch", daemon=True).start()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.reason = self.reason or "cancel"
+        if not self.cooperative:
+            raise JobStopped("stopped on request")
+
+    def _watch_parent(self, parent: int) -> None:
+        stopped = threading.Event()
+        while not stopped.wait(PARENT_POLL_S):
+            if processes.parent_gone(parent):
+                log.warning("the server (pid %d) is gone; checkpointing and stopping", parent)
+                self.reason = self.reason or "orphaned"
+                stopped.set()
+
+
+def worker_main(store_path: str | Path, job_id: str) -> int:
+    """Run job ``job_id`` of the store at ``store_path``; returns the process exit code (0 unless it failed)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        store = Store.open(store_path)
+        job = store.job(job_id)
+    except StoreError as exc:
+        log.error("%s", exc)
+        return 2
+    job_dir = store.job_dir(job_id)
+    resume = _record_attempt(job_dir)
+    stop = StopRequest(cooperative=job.kind == "adapt")
+    stop.install()
+    store.update_job(job_id, state="running", pid=os.getpid(), error=None)
+    log.info("job %s (%s) %s with params %s", job_id, job.kind, "resumed" if resume else "started", job.params)
+    progress = _progress(job_dir / EVENTS_FILE)
+    try:
+        result = _run(store, job, progress, job_dir / WORK_DIR, resume, stop)
+    except (TrainingCancelled, JobStopped) as exc:
+        state = "interrupted" if stop.reason == "orphaned" else "cancelled"
+        log.info("job %s %s: %s", job_id, state, exc)
+        store.update_job(job_id, state=state, error=f"{state}: {exc}. POST /api/v1/jobs/{job_id}/resume continues from the last checkpoint")
+        return 0
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        store.update_job(job_id, state="failed", error=_error_message(exc, job_id))
+        return 1
+    store.update_job(job_id, state="succeeded", result=result, error=None)
+    log.info("job %s succeeded: %s", job_id, result)
+    return 0
+
+
+def _run(store: Store, job: JobRecord, progress: ProgressCallback, work_dir: Path, resume: bool, stop: StopRequest) -> dict[str, Any]:
+    params = job.params
+    if job.kind == "adapt":
+        version = pipeline.adapt(
+            store,
+            params["site"],
+            strategy=params["strategy"],
+            overrides=params["config"],
+            progress=progress,
+            work_dir=work_dir,
+            resume=resume,
+            should_stop=stop.is_set,
+        )
+        return {"version": version.id}
+    if job.kind == "evaluate":
+        dice = pipeline.evaluate_version(store, params["version"], progress=progress)
+        return {"version": params["version"], "dice": {site: value for site, value in dice.items() if value is not None}}
+    raise ValueError(f"unknown job kind {job.kind!r}; this worker runs 'adapt' and 'evaluate' jobs")
+
+
+def _record_attempt(job_dir: Path) -> bool:
+    """Count this start of the job; returns whether it ran before (and so must resume)."""
+    attempts = job_dir / ATTEMPTS_FILE
+    ran_before = attempts.exists() and bool(attempts.read_text(encoding="utf-8").strip())
+    with attempts.open("a", encoding="utf-8") as handle:
+        handle.write(f"{os.getpid()}\n")
+    return ran_before
+
+
+def _progress(events_path: Path) -> ProgressCallback:
+    """Write events to the job's events file (read by the server) and readable lines to the log."""
+    events, console = JsonLinesProgress(events_path), ConsoleProgress(sys.stderr)
+
+    def report(event: ProgressEvent) -> None:
+        events(event)
+        console(event)
+
+    return report
+
+
+def _error_message(exc: Exception, job_id: str) -> str:
+    """User errors (bad data, config, store state) as they are; anything else with a pointer to the log."""
+    if isinstance(exc, (ValueError, StoreError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}. See GET /api/v1/jobs/{job_id}/log for the traceback"
