@@ -44,6 +44,8 @@ class BenchmarkConfig:
     budget_strategies: list[str] = field(default_factory=lambda: ["replay", "dakr"])
     #: Also run ``replay`` with as many steps as fit in ``dakr``'s measured wall-clock time.
     matched_compute: bool = True
+    #: Runs executed at the same time (1 on a CPU; several share a large GPU).
+    workers: int = 1
 
     @classmethod
     def load(cls, name_or_path: str) -> "BenchmarkConfig":
@@ -92,13 +94,19 @@ def run_benchmark(config_name: str, out: Path, *, strategies: list[str] | None =
         for name in config.budget_strategies
         if name in config.strategies
     ]
-    for strategy, budget, label in plan:
-        runs[label] = [_execute(_spec(config, strategy, budget, seed, site_dirs, out, label, {})) for seed in range(config.seeds)]
+    specs = [
+        _spec(config, strategy, budget, seed, site_dirs, out, label, {})
+        for strategy, budget, label in plan
+        for seed in range(config.seeds)
+    ]
+    for spec, result in zip(specs, _execute(specs, config.workers)):
+        runs.setdefault(spec.label, []).append(result)
     if config.matched_compute and {"dakr", "replay"} <= set(config.strategies):
-        runs["replay-matched"] = [
-            _execute(_spec(config, "replay", main_budget, seed, site_dirs, out, "replay-matched", _matched_steps(config, runs, seed)))
+        matched = [
+            _spec(config, "replay", main_budget, seed, site_dirs, out, "replay-matched", _matched_steps(config, runs, seed))
             for seed in range(config.seeds)
         ]
+        runs["replay-matched"] = _execute(matched, config.workers)
     results = {
         "config": asdict(config),
         "sites": [d.name for d in site_dirs],
@@ -129,12 +137,11 @@ def _matched_steps(config: BenchmarkConfig, runs: dict[str, list[dict[str, Any]]
     return {"train.steps_per_epoch": max(1, round(steps * dakr_seconds / replay_seconds))}
 
 
-def _execute(spec: RunSpec) -> dict[str, Any]:
-    """Run one chain in a fresh child process (own memory peak, own torch state)."""
-    print(f"== {spec.label} seed {spec.seed}", flush=True)
+def _execute(specs: list[RunSpec], workers: int) -> list[dict[str, Any]]:
+    """Run each chain in a fresh child process (own memory peak, own torch state), ``workers`` at a time."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(run_chain, spec).result()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1) as pool:
+        return list(pool.map(run_chain, specs))
 
 
 def run_chain(spec: RunSpec) -> dict[str, Any]:
@@ -146,6 +153,8 @@ def run_chain(spec: RunSpec) -> dict[str, Any]:
     from dakr.pipeline import adapt, lineage
     from dakr.store import Store
 
+    print(f"== {spec.label} seed {spec.seed}", flush=True)
+    _reset_peak_rss()
     shutil.rmtree(spec.store_dir, ignore_errors=True)
     store = Store.init(spec.store_dir)
     sites = spec.sites
@@ -165,11 +174,30 @@ def run_chain(spec: RunSpec) -> dict[str, Any]:
         "base": base,
         "seconds_per_step": timer.seconds_per_step,
         "wall_seconds": time.perf_counter() - started,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(),
         "peak_gpu_mb": peak_gpu,
         "device": f"{device.type}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
         "seed": spec.seed,
     }
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (Linux): a child process inherits its parent's mark across exec."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process since :func:`_reset_peak_rss`, in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _StepTimer:

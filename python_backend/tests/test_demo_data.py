@@ -51,9 +51,9 @@ def _all_arrays(site_dirs: list[Path]) -> list[np.ndarray]:
 def test_template_labels_follow_the_largest_tissue_fraction() -> None:
     fractions, _ = template_fractions()
     labels = hard_labels(fractions)
-    gm = datasets.load_mni152_gm_template().get_fdata()
-    wm = datasets.load_mni152_wm_template().get_fdata()
-    mask = ndimage.binary_fill_holes(datasets.load_mni152_brain_mask().get_fdata() > 0)
+    gm = datasets.load_mni152_gm_template().get_fdata(dtype=np.float32)
+    wm = datasets.load_mni152_wm_template().get_fdata(dtype=np.float32)
+    mask = ndimage.binary_fill_holes(np.asanyarray(datasets.load_mni152_brain_mask().dataobj) > 0)
     csf = np.clip(mask - gm - wm, 0, 1)
     assert np.array_equal(labels > 0, mask)
     tie = 1e-6  # exact ties (e.g. CSF = GM = 0.494) are broken by float32 rounding

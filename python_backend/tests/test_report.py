@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib.image
+from matplotlib.colors import to_hex
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -16,6 +17,7 @@ from dakr.config import ExperimentConfig, apply_overrides
 from dakr.data.io import label_image_like, write_image
 from dakr.data.site import site_from_pairs
 from dakr.evaluation.audit import GAINED, LOST, STILL_WRONG, UNCHANGED, centre_of_mass, change_map
+from dakr.evaluation.plots import CHANGE_LUT, LABEL_LUT, label_color
 from dakr.evaluation.report import write_report
 from dakr.nets import build_network
 from dakr.store import EvaluationRecord, Store
@@ -209,6 +211,12 @@ def test_change_map_colours_gains_losses_and_other_changes() -> None:
     before = np.array([[[1, 0, 2, 1, 0]]])
     after = np.array([[[0, 1, 2, 2, 0]]])
     assert change_map(truth, before, after).tolist() == [[[LOST, GAINED, UNCHANGED, STILL_WRONG, UNCHANGED]]]
+
+
+def test_overlays_are_transparent_on_background_and_coloured_by_label_value() -> None:
+    assert LABEL_LUT[0, 3] == 0 and CHANGE_LUT[UNCHANGED, 3] == 0
+    assert LABEL_LUT[1, 3] > 0 and CHANGE_LUT[GAINED, 3] > 0
+    assert to_hex(LABEL_LUT[2, :3]) == label_color(2) != label_color(1)
 
 
 def test_centre_of_mass_of_foreground_and_of_an_empty_label() -> None:

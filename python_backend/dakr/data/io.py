@@ -228,7 +228,7 @@ def write_image(image: sitk.Image, path: str | PathLike[str]) -> None:
     os.close(handle)
     try:
         sitk.WriteImage(image, temporary, useCompression=True)
-        with open(temporary, "rb") as written:
+        with open(temporary, "r+b") as written:
             os.fsync(written.fileno())
         os.replace(temporary, path)
     except (RuntimeError, OSError) as exc:

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
-from nilearn import datasets
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 LABEL_NAMES: dict[str, int] = {"background": 0, "CSF": 1, "GM": 2, "WM": 3}
 #: Tissue channels of a fraction array, in label order (label = channel index + 1).
@@ -94,18 +96,23 @@ def hard_labels(fractions: np.ndarray) -> np.ndarray:
     return np.argmax(np.concatenate([background, fractions]), axis=0).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=1)
 def template_fractions() -> tuple[np.ndarray, np.ndarray]:
     """CSF/GM/WM fractions (3, X, Y, Z) and RAS affine of the 1 mm template (nilearn, offline).
 
     GM and WM are the template probability maps restricted to the hole-filled brain mask;
     CSF = clip(mask - GM - WM, 0, 1).
     """
+    from nilearn import datasets  # imported here: only a data build needs it, not a cached run
+
     mask_img = datasets.load_mni152_brain_mask()
     mask = ndimage.binary_fill_holes(np.asanyarray(mask_img.dataobj) > 0).astype(np.float32)
     gm = datasets.load_mni152_gm_template().get_fdata(dtype=np.float32) * mask
     wm = datasets.load_mni152_wm_template().get_fdata(dtype=np.float32) * mask
     csf = np.clip(mask - gm - wm, 0.0, 1.0)
-    return np.stack([csf, gm, wm]), mask_img.affine
+    fractions = np.stack([csf, gm, wm])
+    fractions.setflags(write=False)
+    return fractions, mask_img.affine
 
 
 def _texture(t1: np.ndarray, fractions: np.ndarray) -> np.ndarray:
@@ -118,24 +125,34 @@ def _texture(t1: np.ndarray, fractions: np.ndarray) -> np.ndarray:
     return np.clip(texture, -_TEXTURE_CLIP, _TEXTURE_CLIP).astype(np.float32)
 
 
-def _crop_to_brain(volume: TissueVolume, margin_vox: int) -> TissueVolume:
-    """Crop to the bounding box of the brain plus a margin (clipped to the volume)."""
+def crop_to_brain(volume: TissueVolume, margin_mm: float) -> TissueVolume:
+    """Crop to the bounding box of the labelled brain plus ``margin_mm`` (clipped to the grid)."""
+    margin = np.ceil(margin_mm / np.linalg.norm(volume.affine[:3, :3], axis=0)).astype(int)
     nonzero = np.nonzero(hard_labels(volume.fractions))
-    lo = np.maximum(np.min(nonzero, axis=1) - margin_vox, 0)
-    hi = np.minimum(np.max(nonzero, axis=1) + margin_vox + 1, volume.shape)
+    lo = np.maximum(np.min(nonzero, axis=1) - margin, 0)
+    hi = np.minimum(np.max(nonzero, axis=1) + margin + 1, volume.shape)
     window = tuple(slice(a, b) for a, b in zip(lo, hi))
     affine = volume.affine.copy()
     affine[:3, 3] = volume.affine[:3, :3] @ lo + volume.affine[:3, 3]
     return TissueVolume(volume.fractions[(slice(None), *window)], volume.texture[window], affine)
 
 
+def _read_only(volume: TissueVolume) -> TissueVolume:
+    """Mark a cached volume's arrays read-only, so no caller can alter the cache."""
+    for array in (volume.fractions, volume.texture, volume.affine):
+        array.setflags(write=False)
+    return volume
+
+
 @functools.lru_cache(maxsize=1)
 def load_template() -> TissueVolume:
     """The 1 mm template as a :class:`TissueVolume`, cropped to the brain plus a margin."""
     fractions, affine = template_fractions()
+    from nilearn import datasets
+
     t1 = datasets.load_mni152_template().get_fdata(dtype=np.float32)
     volume = TissueVolume(fractions, _texture(t1, fractions), affine)
-    return _crop_to_brain(volume, int(np.ceil(_TEMPLATE_MARGIN_MM)))
+    return _read_only(crop_to_brain(volume, _TEMPLATE_MARGIN_MM))
 
 
 @functools.lru_cache(maxsize=2)
@@ -148,7 +165,7 @@ def antialiased_template(resolution_mm: float) -> TissueVolume:
     sigma_vox = sigma_mm / np.linalg.norm(template.affine[:3, :3], axis=0)
     fractions = np.stack([ndimage.gaussian_filter(f, sigma_vox) for f in template.fractions])
     texture = ndimage.gaussian_filter(template.texture, sigma_vox)
-    return TissueVolume(fractions, texture, template.affine)
+    return _read_only(TissueVolume(fractions, texture, template.affine))
 
 
 def output_grid(
@@ -189,10 +206,10 @@ def smooth_random_field(rng: np.random.Generator, shape: tuple[int, int, int], n
 
 @dataclass(frozen=True)
 class Deformation:
-    """Random subject shape: isotropic scale about the brain centre plus a smooth displacement."""
+    """Random subject shape: isotropic scale about the grid centre plus a smooth displacement (mm)."""
 
-    scale_range: float = 0.06
-    displacement_std_mm: float = 2.0
+    scale_range: float = 0.05
+    displacement_std_mm: float = 1.5
     displacement_nodes: int = 5
 
 
@@ -229,8 +246,3 @@ def random_subject(
     fractions = np.stack([warp(f) for f in template.fractions])
     return TissueVolume(fractions, warp(template.texture), np.asarray(grid_affine, dtype=float))
 
-
-def crop_to_brain(volume: TissueVolume, margin_mm: float) -> TissueVolume:
-    """Crop a subject to its labelled brain plus ``margin_mm`` (clipped to the grid)."""
-    voxel_mm = float(np.min(np.linalg.norm(volume.affine[:3, :3], axis=0)))
-    return _crop_to_brain(volume, int(np.ceil(margin_mm / voxel_mm)))

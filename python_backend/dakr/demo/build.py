@@ -147,7 +147,10 @@ def case_rng(seed: int, site_name: str, case_index: int) -> np.random.Generator:
 
 @functools.lru_cache(maxsize=2)
 def _grid(resolution_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
-    return output_grid(antialiased_template(resolution_mm), resolution_mm, _GRID_MARGIN_MM)
+    """Output grid shared by all cases at a resolution (cached; the affine is read-only)."""
+    shape, affine = output_grid(antialiased_template(resolution_mm), resolution_mm, _GRID_MARGIN_MM)
+    affine.setflags(write=False)
+    return shape, affine
 
 
 def demo_case(

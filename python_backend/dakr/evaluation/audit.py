@@ -7,6 +7,7 @@ prediction voxel by voxel against the ground truth.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ class CaseVolumes:
     before_version: int | None
     spacing_zyx: tuple[float, float, float]
 
-    def change_map(self) -> np.ndarray | None:
+    @cached_property
+    def changes(self) -> np.ndarray | None:
         """The :func:`change_map` of the two predictions, ``None`` without a previous version."""
         return None if self.before is None else change_map(self.truth, self.before, self.after)
 

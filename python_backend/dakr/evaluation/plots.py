@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -51,6 +52,13 @@ LABEL_LUT = _lookup_table({value: label_color(value) for value in range(1, 256)}
 CHANGE_LUT = _lookup_table({code: color for code, (color, _) in CHANGE_COLORS.items()})
 
 
+def _new_figure(width: float, height: float) -> Figure:
+    """A constrained-layout figure on an Agg canvas (no pyplot state, safe in worker threads)."""
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
 # ---------------------------------------------------------------------- heatmaps
 def draw_heatmap(ax: Axes, dice: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str) -> None:
     """Annotated Dice heatmap (rows x columns, Dice fractions, NaN shown as ``–`` on grey)."""
@@ -73,7 +81,7 @@ def draw_heatmap(ax: Axes, dice: np.ndarray, rows: Sequence[str], columns: Seque
 
 def save_heatmap(path: Path, dice: np.ndarray, rows: Sequence[str], columns: Sequence[str], title: str) -> None:
     """Write :func:`draw_heatmap` as a PNG sized to the matrix."""
-    figure = Figure(figsize=(2.5 + 0.9 * max(len(columns), 1), 1.8 + 0.45 * max(len(rows), 1)), layout="constrained")
+    figure = _new_figure(2.5 + 0.9 * max(len(columns), 1), 1.8 + 0.45 * max(len(rows), 1))
     draw_heatmap(figure.add_subplot(), dice, rows, columns, title)
     figure.savefig(path, dpi=_DPI)
 
@@ -107,24 +115,23 @@ def _views(case: CaseVolumes) -> list[_View]:
     size_z, size_y, size_x = case.truth.shape
     spacing_z, spacing_y, spacing_x = case.spacing_zyx
     width = size_x * spacing_x
-    everything = slice(None)
+    every = slice(None)
     return [
-        _View(f"axial z={z}", (z, everything, everything), spacing_y / spacing_x, "upper", size_y * spacing_y / width),
-        _View(f"coronal y={y}", (everything, y, everything), spacing_z / spacing_x, "lower", size_z * spacing_z / width),
+        _View(f"axial z={z}", (z, every, every), spacing_y / spacing_x, "upper", size_y * spacing_y / width),
+        _View(f"coronal y={y}", (every, y, every), spacing_z / spacing_x, "lower", size_z * spacing_z / width),
     ]
 
 
-def _panels(case: CaseVolumes) -> list[_Panel]:
-    """Image, ground truth, previous and new prediction, and the change map (the last two need a previous version)."""
-    panels = [_Panel("image"), _Panel("ground truth", case.truth, LABEL_LUT)]
-    changes = case.change_map()
-    if changes is not None:
-        panels.append(_Panel(f"previous v{case.before_version}", case.before, LABEL_LUT))
-    panels.append(_Panel(f"new v{case.after_version}" if changes is not None else f"v{case.after_version}",
-                         case.after, LABEL_LUT))
-    if changes is not None:
-        panels.append(_Panel("difference", changes, CHANGE_LUT))
-    return panels
+def _panels(case: CaseVolumes, with_reference: bool = True) -> list[_Panel]:
+    """[image, ground truth,] then the previous and new prediction and their change map (or the one prediction)."""
+    panels = [_Panel("image"), _Panel("ground truth", case.truth, LABEL_LUT)] if with_reference else []
+    if case.before is None:
+        return panels + [_Panel(f"v{case.after_version}", case.after, LABEL_LUT)]
+    return panels + [
+        _Panel(f"previous v{case.before_version}", case.before, LABEL_LUT),
+        _Panel(f"new v{case.after_version}", case.after, LABEL_LUT),
+        _Panel("difference", case.changes, CHANGE_LUT),
+    ]
 
 
 def _intensity_window(image: np.ndarray) -> tuple[float, float]:
@@ -151,8 +158,8 @@ def _draw_panel(ax: Axes, case: CaseVolumes, view: _View, panel: _Panel, window:
 
 
 def _legend_handles(label_names: dict[str, int], with_changes: bool) -> list[Patch]:
-    handles = [Patch(color=label_color(value), label=name) for name, value in sorted(label_names.items(), key=lambda i: i[1])
-               if value != 0]
+    foreground = sorted((value, name) for name, value in label_names.items() if value != 0)
+    handles = [Patch(color=label_color(value), label=name) for value, name in foreground]
     if with_changes:
         handles += [Patch(color=color, label=name) for color, name in CHANGE_COLORS.values()]
     return handles
@@ -163,7 +170,7 @@ def save_case_figure(path: Path, case: CaseVolumes, label_names: dict[str, int])
     views, panels = _views(case), _panels(case)
     window = _intensity_window(case.image)
     ratios = [view.shape_ratio for view in views]
-    figure = Figure(figsize=(2.3 * len(panels), 2.3 * sum(ratios) + 0.9), layout="constrained")
+    figure = _new_figure(2.3 * len(panels), 2.3 * sum(ratios) + 0.9)
     axes = figure.subplots(len(views), len(panels), squeeze=False, gridspec_kw={"height_ratios": ratios})
     for row, view in zip(axes, views):
         for ax, panel in zip(row, panels):
@@ -186,17 +193,22 @@ def save_summary_figure(
     label_names: dict[str, int],
 ) -> None:
     """README figure: the Dice heatmap beside one case's axial before/after/difference panels."""
-    panels = [] if case is None else [panel for panel in _panels(case) if panel.title not in ("image", "ground truth")]
-    figure = Figure(figsize=(5.5 + 2.6 * len(panels), 4.2), layout="constrained")
-    grid = figure.add_gridspec(1, 1 + len(panels), width_ratios=[2.2] + [1.0] * len(panels))
-    draw_heatmap(figure.add_subplot(grid[0, 0]), dice, rows, columns, "Dice by version and site")
-    if case is not None:
+    title = "Dice by version and site"
+    if case is None:
+        figure = _new_figure(5.5, 4.2)
+        draw_heatmap(figure.add_subplot(), dice, rows, columns, title)
+    else:
+        panels = _panels(case, with_reference=False)
+        case_width = max(2.6 * len(panels), 4.0)
+        figure = _new_figure(5.5 + case_width, 4.2)
+        heatmap_part, case_part = figure.subfigures(1, 2, width_ratios=[5.5, case_width])
+        draw_heatmap(heatmap_part.add_subplot(), dice, rows, columns, title)
         view = _views(case)[0]
         window = _intensity_window(case.image)
-        for column, panel in enumerate(panels, start=1):
-            ax = figure.add_subplot(grid[0, column])
+        for ax, panel in zip(case_part.subplots(1, len(panels), squeeze=False)[0], panels):
             _draw_panel(ax, case, view, panel, window)
-            ax.set_title(f"{case.site}/{case.case_id}\n{panel.title}", fontsize=9)
-        figure.legend(handles=_legend_handles(label_names, case.before is not None), loc="outside lower right",
-                      ncol=6, fontsize=8, frameon=False)
+            ax.set_title(panel.title, fontsize=10)
+        case_part.suptitle(f"audit case {case.site}/{case.case_id}, {view.name}", fontsize=11)
+        case_part.legend(handles=_legend_handles(label_names, case.before is not None), loc="outside lower center",
+                         ncol=3, fontsize=8, frameon=False)
     figure.savefig(path, dpi=_DPI)

@@ -60,7 +60,7 @@ h1 { margin-bottom: 4px; } h2 { border-bottom: 2px solid #e3e6ea; padding-bottom
 h3 { margin: 18px 0 6px; font-size: 1.02em; } h4 { margin: 10px 0 2px; }
 table { border-collapse: collapse; margin: 8px 0 12px; font-size: 0.9em; }
 th, td { border: 1px solid #d5d9de; padding: 4px 9px; text-align: right; }
-th { background: #eef1f4; } th[scope=row], td.text { text-align: left; }
+th { background: #eef1f4; } th[scope=row] { text-align: left; }
 dl.meta { display: grid; grid-template-columns: max-content auto; gap: 4px 16px; }
 dl.meta dt { font-weight: 600; } dl.meta dd { margin: 0; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 8px 12px; }
@@ -79,16 +79,13 @@ class _Context:
 
     store: Store
     out_dir: Path
+    label_names: dict[str, int]
     versions: list[VersionInfo]
     sites: list[SiteInfo]
     #: ``(versions, sites)`` Dice fractions, NaN where not evaluated.
     dice: np.ndarray
     active: VersionInfo | None
     parent: VersionInfo | None
-
-    @property
-    def label_names(self) -> dict[str, int]:
-        return self.store.label_names or {}
 
     @property
     def site_names(self) -> list[str]:
@@ -127,13 +124,16 @@ def write_report(store: Store, out_dir: Path, *, cases_per_site: int = 2) -> Pat
 
 def _context(store: Store, out_dir: Path) -> _Context:
     version_ids, site_names, values = store.dice_matrix()
+    versions = {version.id: version for version in store.versions()}
+    sites = {site.name: site for site in store.sites()}
     active = store.active_version()
     parent = store.version(active.parent) if active is not None and active.parent is not None else None
     return _Context(
         store=store,
         out_dir=out_dir,
-        versions=store.versions(),
-        sites=store.sites(),
+        label_names=store.label_names or {},
+        versions=[versions[version_id] for version_id in version_ids],
+        sites=[sites[name] for name in site_names],
         dice=as_array(values, len(version_ids), len(site_names)),
         active=active,
         parent=parent,
@@ -269,7 +269,8 @@ def _accuracy_table(matrix: AccuracyMatrix) -> str:
         [str(i), f"v{stage.id}", *(format_dice_points(value) for value in matrix.r[i - 1])]
         for i, stage in enumerate(matrix.stages, start=1)
     ]
-    return "<h3>Accuracy matrix R (Dice points)</h3>" + _table("accuracy-matrix", ["stage", "version", *matrix.sites], rows)
+    table = _table("accuracy-matrix", ["stage", "version", *matrix.sites], rows)
+    return "<h3>Accuracy matrix R (Dice points)</h3>" + table
 
 
 def _metrics_table(matrix: AccuracyMatrix) -> str:
@@ -297,23 +298,27 @@ def _class_section(context: _Context) -> str:
     title = "Per-class Dice and HD95"
     if not context.versions:
         return _section("classes", title, "<p>No model version yet.</p>")
-    values = context.label_names
+    label_values = context.label_names
     header = ["version", "trained on", *context.site_names]
     dice_tables = []
     for name, matrix in context.store.class_dice_matrix().items():
         cells = as_array(matrix, len(context.versions), len(context.sites))
         rows = [[f"v{v.id}", v.site, *map(format_dice_points, row)] for v, row in zip(context.versions, cells)]
-        dice_tables.append(f"<div><h4>{_text(name)}</h4>" + _table(f"class-dice-{values[name]}", header, rows) + "</div>")
+        dice_tables.append(_class_table(name, f"class-dice-{label_values[name]}", header, rows))
     hd95 = class_hd95_matrix(context.store, [v.id for v in context.versions], context.site_names)
     hd95_tables = []
     for name in foreground_names(context.store):
         rows = [[f"v{v.id}", v.site, *map(_millimetres, row)] for v, row in zip(context.versions, hd95[name])]
-        hd95_tables.append(f"<div><h4>{_text(name)}</h4>" + _table(f"class-hd95-{values[name]}", header, rows) + "</div>")
+        hd95_tables.append(_class_table(name, f"class-hd95-{label_values[name]}", header, rows))
     body = (
         "<h3>Dice per class (points)</h3>" + f'<div class="grid">{"".join(dice_tables)}</div>'
         + "<h3>HD95 per class (mm)</h3>" + f'<div class="grid">{"".join(hd95_tables)}</div>'
     )
     return _section("classes", title, body)
+
+
+def _class_table(label: str, table_id: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    return f"<div><h4>{_text(label)}</h4>{_table(table_id, header, rows)}</div>"
 
 
 def _audit_section(context: _Context, cases_per_site: int) -> tuple[str, CaseVolumes | None]:
@@ -324,22 +329,25 @@ def _audit_section(context: _Context, cases_per_site: int) -> tuple[str, CaseVol
         return _section("audit", title, "<p>No model version yet.</p>"), None
     parts = [_audit_intro(active, context.parent)]
     first_case: CaseVolumes | None = None
+    number = 0
     for site in context.sites:
-        parts.append(f'<section id="audit-{site.name}"><h3>{_text(site.name)}</h3>')
+        parts.append(f'<section id="audit-{_text(site.name)}"><h3>{_text(site.name)}</h3>')
         if site.purged:
             parts.append('<p class="note">Site purged: its images and predictions were deleted; metrics are kept.</p>')
         for record in context.store.cases(site.name, "audit")[:cases_per_site]:
             if record.image_path is None or record.label_path is None:
                 continue
+            number += 1
+            previous = context.parent
             case = load_case_volumes(
                 site.name,
                 record.case_id,
                 record.image_path,
                 record.label_path,
                 _prediction(context.store, active, site.name, record.case_id),
-                None if context.parent is None else _prediction(context.store, context.parent, site.name, record.case_id),
+                None if previous is None else _prediction(context.store, previous, site.name, record.case_id),
             )
-            parts.append(_case_figure(context, case))
+            parts.append(_case_figure(context, case, f"case{number:03d}_{case.site}_{case.case_id}.png"))
             if first_case is None:
                 first_case = case
         parts.append("</section>")
@@ -366,8 +374,8 @@ def _prediction(store: Store, version: VersionInfo, site: str, case_id: str) -> 
     return version.id, audit_prediction(store, version.id, site, case_id)
 
 
-def _case_figure(context: _Context, case: CaseVolumes) -> str:
-    name = f"case_{case.site}_{case.case_id}.png"
+def _case_figure(context: _Context, case: CaseVolumes, name: str) -> str:
+    """Write the case's figure as ``name`` in the output folder; its HTML with the Dice caption."""
     save_case_figure(context.out_dir / name, case, context.label_names)
     after = case_dice(context.store, case.after_version, case.site).get(case.case_id)
     if case.before_version is None:
@@ -375,8 +383,7 @@ def _case_figure(context: _Context, case: CaseVolumes) -> str:
     else:
         before = case_dice(context.store, case.before_version, case.site).get(case.case_id)
         delta = UNDEFINED if before is None or after is None else _signed_points(after - before)
-        changes = case.change_map()
-        counts = {code: int(np.count_nonzero(changes == code)) for code in (GAINED, LOST, STILL_WRONG)}
+        counts = {code: int(np.count_nonzero(case.changes == code)) for code in (GAINED, LOST, STILL_WRONG)}
         caption = (
             f"{case.site}/{case.case_id}: Dice v{case.before_version} (previous) {format_dice_points(before)} → "
             f"v{case.after_version} (new) {format_dice_points(after)} (Δ {delta}); changed voxels: "
@@ -408,10 +415,8 @@ def _lineage_section(context: _Context) -> str:
 
 
 def _created(created: str) -> str:
-    try:
-        return datetime.fromisoformat(created).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    except ValueError:
-        return created
+    """A store timestamp (ISO 8601) as ``YYYY-MM-DD HH:MM UTC``."""
+    return datetime.fromisoformat(created).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _key_config(config: dict[str, Any]) -> list[str]:
