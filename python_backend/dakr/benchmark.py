@@ -72,7 +72,9 @@ class RunSpec:
     label: str
 
 
-def run_benchmark(config_name: str, out: Path, *, strategies: list[str] | None = None, seeds: int | None = None) -> dict[str, Any]:
+def run_benchmark(
+    config_name: str, out: Path, *, strategies: list[str] | None = None, seeds: int | None = None, workers: int | None = None
+) -> dict[str, Any]:
     """Run the benchmark and write ``results.json``, ``results.md`` and plots into ``out``."""
     from dakr.demo import build_demo_data
 
@@ -81,6 +83,8 @@ def run_benchmark(config_name: str, out: Path, *, strategies: list[str] | None =
         config.strategies = list(strategies)
     if seeds:
         config.seeds = seeds
+    if workers:
+        config.workers = workers
     for name in {*config.strategies, *config.budget_strategies}:
         get_strategy(name)
     out.mkdir(parents=True, exist_ok=True)

@@ -165,7 +165,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from dakr.benchmark import run_benchmark
 
-    run_benchmark(args.config, Path(args.out), strategies=args.strategies, seeds=args.seeds)
+    run_benchmark(args.config, Path(args.out), strategies=args.strategies, seeds=args.seeds, workers=args.workers)
     return 0
 
 
@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", required=True)
     sub.add_argument("--strategies", nargs="+", help="strategies to run (default: the config's)")
     sub.add_argument("--seeds", type=int, help="number of seeds (default: the config's)")
+    sub.add_argument("--workers", type=int, help="runs at the same time (default: the config's; 1 for timings on a CPU)")
 
     sub = verb("serve", cmd_serve, "run the HTTP API for the Slicer module")
     sub.add_argument("store")

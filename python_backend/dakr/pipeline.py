@@ -147,6 +147,9 @@ def adapt(
     config = stage_config(store, parent, overrides)
     set_determinism(seed=config.train.seed)
     values = label_values(store)
+    parent_tensors = store.load_tensors(parent.id) if parent else None
+    # Built before the strategy so that every strategy starts from the same initial network.
+    model = build_model(config, len(values), parent_tensors, device)
     chain = lineage(store, parent)
     past_sites = list(dict.fromkeys(v.site for v in chain))
     method = strategy_cls(config)
@@ -157,8 +160,6 @@ def adapt(
         config.net.spatial_dims,
         config.train.foreground_oversample,
     )
-    parent_tensors = store.load_tensors(parent.id) if parent else None
-    model = build_model(config, len(values), parent_tensors, device)
     previous = _frozen_copy(model) if parent is not None and method.needs_previous_model else None
     stored_buffer = store.load_buffer(parent.id) if parent else None
     buffer = ReplayBuffer.from_arrays(stored_buffer) if stored_buffer else ReplayBuffer.empty(tuple(config.net.patch_size))

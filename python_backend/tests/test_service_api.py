@@ -263,7 +263,9 @@ def test_oversized_upload_is_refused_with_413(store: Store, tmp_path: Path) -> N
         ("case00_0000.txt", None, "unsupported file type"),
     ],
 )
-def test_wrong_content_is_refused_with_415(client: TestClient, tmp_path: Path, name: str, content: bytes | None, message: str) -> None:
+def test_wrong_content_is_refused_with_415(
+    client: TestClient, tmp_path: Path, name: str, content: bytes | None, message: str
+) -> None:
     files = upload_files(write_site(tmp_path / "site"))
     data = content if content is not None else encoded(case_volumes(0)[0], ".nrrd")
     files[0] = ("images", (name, data, "application/octet-stream"))
@@ -292,6 +294,15 @@ def test_invalid_site_is_rejected_with_every_problem_and_nothing_stored(client: 
     assert client.get(f"{API}/sites").json() == []
     assert store.label_names is None
     assert [path for path in (store.path / "sites").iterdir()] == []
+
+
+def test_two_label_maps_for_one_case_are_rejected(client: TestClient, tmp_path: Path) -> None:
+    files = upload_files(write_site(tmp_path / "site"))
+    files.append(("labels", ("case01.nrrd", encoded(case_volumes(1)[1], ".nrrd"), "application/octet-stream")))
+    response = client.post(f"{API}/sites", data={"name": "A"}, files=files)
+    assert response.status_code == 422
+    assert "labels/case01.nrrd: is one of 2 label maps for case 'case01'" in response.json()["detail"]
+    assert client.get(f"{API}/sites").json() == []
 
 
 def test_register_site_from_server_path(client: TestClient, tmp_path: Path) -> None:
@@ -491,7 +502,8 @@ def test_predict_errors(populated_client: TestClient, tmp_path: Path) -> None:
         no_model = empty_client.post(f"{API}/predict", files={"file": ("scan.nii.gz", data)})
     assert no_model.status_code == 409
     assert "no model yet" in no_model.json()["detail"]
-    assert populated_client.post(f"{API}/predict", files={"file": ("scan.nii.gz", data)}, params={"version": 5}).status_code == 404
+    unknown = populated_client.post(f"{API}/predict", files={"file": ("scan.nii.gz", data)}, params={"version": 5})
+    assert unknown.status_code == 404
     assert populated_client.post(f"{API}/predict", files={"file": ("scan.nii.gz", b"junk" * 100)}).status_code == 415
     assert populated_client.post(f"{API}/predict", files={"file": ("../scan.nii.gz", data)}).status_code == 400
 

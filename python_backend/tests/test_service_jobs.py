@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 import dakr.service.jobs as jobs_module
 from dakr.data.site import discover_site
 from dakr.service import create_app
-from dakr.service.job_files import WORK_DIR
+from dakr.service.job_files import WORK_DIR, tail_lines
 from dakr.service.processes import SPAWN_OPTIONS
 from dakr.store import Store
 from test_service_support import TINY_CONFIG, add_tiny_version, wait_for, write_site
@@ -109,7 +109,7 @@ def test_evaluate_job_records_dice_on_every_site(client: TestClient, store: Stor
 @pytest.mark.slow
 def test_sigkill_mid_training_keeps_the_store_consistent_and_resume_completes(client: TestClient, store: Store) -> None:
     add_tiny_version(store, "A", None)
-    job_id = start_adapt(client, "B", {"train.steps_per_epoch": 24, "train.checkpoint_every": 1})
+    job_id = start_adapt(client, "B", {"train.steps_per_epoch": 12, "train.checkpoint_every": 1})
     wait_for_train_step(client, job_id, 3)
     os.killpg(store.job(job_id).pid, signal.SIGKILL)
     job = wait_for(lambda: (j := job_state(client, job_id))["state"] == "interrupted" and j, 15, "interrupted")
@@ -129,7 +129,7 @@ def test_sigkill_mid_training_keeps_the_store_consistent_and_resume_completes(cl
     assert job["state"] == "succeeded", (job, client.get(f"{API}/jobs/{job_id}/log").json())
     assert job["result"] == {"version": 2} and job["error"] is None
     after = train_steps(client, job_id, since=events_before)
-    assert after[0] >= killed_at and after[-1] == 24, after
+    assert after[0] >= killed_at and after[-1] == 12, after
     assert store.version(2).parent == 1
     assert store.active_version().id == 2
 
@@ -137,14 +137,14 @@ def test_sigkill_mid_training_keeps_the_store_consistent_and_resume_completes(cl
 @pytest.mark.slow
 def test_cancel_checkpoints_and_resume_finishes(client: TestClient, store: Store) -> None:
     add_tiny_version(store, "A", None)
-    job_id = start_adapt(client, "B", {"train.steps_per_epoch": 24, "train.checkpoint_every": 0})
+    job_id = start_adapt(client, "B", {"train.steps_per_epoch": 12, "train.checkpoint_every": 0})
     wait_for_train_step(client, job_id, 2)
     assert client.post(f"{API}/jobs/{job_id}/cancel").status_code == 200
     job = wait_until_final(client, job_id, timeout_s=30)
     assert job["state"] == "cancelled", job
     assert "stopped at step" in job["error"] and "resume" in job["error"]
     stopped_at = max(train_steps(client, job_id))
-    assert stopped_at < 24
+    assert stopped_at < 12
     assert [version.id for version in store.versions()] == [1]
     assert store.active_version().id == 1
 
@@ -153,19 +153,20 @@ def test_cancel_checkpoints_and_resume_finishes(client: TestClient, store: Store
     job = wait_until_final(client, job_id)
     assert job["state"] == "succeeded", job
     after = train_steps(client, job_id, since=events_before)
-    assert after[0] == stopped_at + 1 and after[-1] == 24, after
+    assert after[0] == stopped_at + 1 and after[-1] == 12, after
     assert store.active_version().id == 2
 
 
 @pytest.mark.slow
 def test_worker_reports_failures_and_unknown_jobs(store: Store) -> None:
     job = store.create_job("adapt", {"site": "B", "strategy": "dakr", "config": {"train.epochz": 1}})
-    failed = subprocess.run([sys.executable, "-m", "dakr", "worker", str(store.path), job.id], capture_output=True, text=True, timeout=120)
+    worker = [sys.executable, "-m", "dakr", "worker", str(store.path)]
+    failed = subprocess.run([*worker, job.id], capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1
     record = store.job(job.id)
     assert record.state == "failed"
     assert "unknown config key 'train.epochz'" in record.error
-    missing = subprocess.run([sys.executable, "-m", "dakr", "worker", str(store.path), "nope"], capture_output=True, text=True, timeout=120)
+    missing = subprocess.run([*worker, "nope"], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2
     assert "unknown job 'nope'" in missing.stderr
 
@@ -206,3 +207,12 @@ def test_cancel_kills_a_worker_that_ignores_sigterm_after_the_grace_period(store
         process.kill()
         process.wait()
     assert final["state"] == "cancelled"
+
+
+@pytest.mark.parametrize("count", [1, 5, 300])
+def test_tail_lines_reads_the_end_of_a_large_log(tmp_path: Path, count: int) -> None:
+    log = tmp_path / "worker.log"
+    lines = [f"{index:05d} " + "x" * (index % 2000) for index in range(400)]
+    log.write_text("\n".join(lines) + "\n")
+    assert tail_lines(log, count) == lines[-count:]
+    assert tail_lines(tmp_path / "missing.log", count) == []

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
@@ -83,7 +82,7 @@ def create_app(
 def _install_error_handlers(app: FastAPI) -> None:
     """Every error as ``{"detail": "<what went wrong and what to do>"}``."""
 
-    def detail(status_code: int) -> Any:
+    def detail(status_code: int) -> Callable[[Request, Exception], Awaitable[Response]]:
         async def handler(request: Request, exc: Exception) -> Response:
             return JSONResponse({"detail": str(exc)}, status_code=status_code)
 

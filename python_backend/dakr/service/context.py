@@ -45,7 +45,9 @@ def case_or_404(store: Store, site: str, case_id: str, *, need_files: bool = Tru
     safe_name(case_id, "case")
     record = next((case for case in store.cases(site) if case.case_id == case_id), None)
     if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"site {site!r} has no case {case_id!r}; GET /api/v1/sites/{site}/cases lists them")
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"site {site!r} has no case {case_id!r}; GET /api/v1/sites/{site}/cases lists them"
+        )
     if need_files and info.purged:
         raise HTTPException(status.HTTP_410_GONE, f"site {site!r} was purged; its volumes are no longer stored")
     return record

@@ -174,7 +174,8 @@ class JobRunner:
         if self._cancel_requested.pop(job.id, None) is not None:
             state, error = "cancelled", f"cancelled; the worker was stopped before it could report. {resume}"
         elif exit_code is None:
-            state, error = "interrupted", f"the worker process is gone (the server or the machine stopped while the job ran). {resume}"
+            state = "interrupted"
+            error = f"the worker process is gone (the server or the machine stopped while the job ran). {resume}"
         elif exit_code < 0:
             state, error = "interrupted", f"the worker was killed by {_signal_name(-exit_code)}. {resume}"
         else:
@@ -193,6 +194,7 @@ class JobRunner:
             )
 
     def _spawn(self, job_id: str) -> JobRecord:
+        self._cancel_requested.pop(job_id, None)
         job_dir = self.store.job_dir(job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -207,7 +209,8 @@ class JobRunner:
                     **processes.SPAWN_OPTIONS,
                 )
             except OSError as exc:
-                self.store.update_job(job_id, state="failed", error=f"cannot start the worker process ({exc}); check the Python installation of the server")
+                error = f"cannot start the worker process ({exc}); check the Python installation of the server"
+                self.store.update_job(job_id, state="failed", error=error)
                 return self.store.job(job_id)
         self._children[job_id] = process
         self.store.update_job(job_id, pid=process.pid)

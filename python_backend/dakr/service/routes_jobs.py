@@ -54,7 +54,9 @@ def start_job(request: AdaptJobIn, context: ServiceContext = Depends(get_context
     except (StoreError, ValueError) as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     if site.purged:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"site {site.name!r} was purged; register its data again under a new name")
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"site {site.name!r} was purged; register its data again under a new name"
+        )
     params = {"site": site.name, "strategy": request.strategy, "config": request.config}
     job = context.runner.submit("adapt", params)
     return JobCreatedOut(job_id=job.id)
@@ -70,7 +72,9 @@ def get_job(job_id: str, context: ServiceContext = Depends(get_context)) -> JobO
     return job_out(context.store, job_or_404(context.store, job_id))
 
 
-@router.get("/jobs/{job_id}/events", response_model=EventsOut, responses=_NOT_FOUND, summary="Progress events from index `since` on")
+@router.get(
+    "/jobs/{job_id}/events", response_model=EventsOut, responses=_NOT_FOUND, summary="Progress events from index `since` on"
+)
 def job_events(job_id: str, since: Annotated[int, Query(ge=0)] = 0, context: ServiceContext = Depends(get_context)) -> EventsOut:
     job_or_404(context.store, job_id)
     events = read_events(context.store.job_dir(job_id) / EVENTS_FILE, since)

@@ -54,7 +54,12 @@ def list_models(context: ServiceContext = Depends(get_context)) -> list[ModelOut
     return [model_out(version, dice.get(version.id, {})) for version in context.store.versions()]
 
 
-@router.post("/models/{version_id}/activate", response_model=ModelOut, responses=_NOT_FOUND, summary="Make a version the active one (rollback)")
+@router.post(
+    "/models/{version_id}/activate",
+    response_model=ModelOut,
+    responses=_NOT_FOUND,
+    summary="Make a version the active one (rollback)",
+)
 def activate_model(version_id: int, context: ServiceContext = Depends(get_context)) -> ModelOut:
     version_or_404(context.store, version_id)
     version = context.store.activate(version_id)
@@ -75,7 +80,8 @@ def download_model(version_id: int, context: ServiceContext = Depends(get_contex
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             bundle.write(source / name, arcname=name)
-    return FileResponse(archive, media_type="application/zip", filename=archive.name, background=BackgroundTask(shutil.rmtree, folder))
+    cleanup = BackgroundTask(shutil.rmtree, folder)
+    return FileResponse(archive, media_type="application/zip", filename=archive.name, background=cleanup)
 
 
 @router.post(

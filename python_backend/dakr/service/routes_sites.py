@@ -78,8 +78,8 @@ def register_site(
     _require_new_site(context.store, name)
     declared = _parse_label_names(label_names)
     with tempfile.TemporaryDirectory(prefix="dakr-upload-") as folder:
-        spec = site_spec_from_uploads(images, labels, Path(folder), declared)
         try:
+            spec = site_spec_from_uploads(images, labels, Path(folder), declared)
             info = context.store.add_site(name, spec, audit_fraction=audit_fraction, seed=seed)
         except SiteValidationError as exc:
             raise relative_problems(exc, Path(folder)) from exc
@@ -92,7 +92,8 @@ def _parse_label_names(raw: str | None) -> dict[str, int] | None:
     try:
         return check_label_names(json.loads(raw))
     except (json.JSONDecodeError, ValueError) as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"label_names: {exc}. Fix: send JSON such as {{\"background\": 0, \"CSF\": 1}}") from exc
+        example = '{"background": 0, "CSF": 1}'
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"label_names: {exc}. Fix: send JSON such as {example}") from exc
 
 
 @router.post(
@@ -107,12 +108,15 @@ def register_site_from_path(request: SiteFromPathIn, context: ServiceContext = D
     if not context.loopback:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
-            "registering a server-side folder is only allowed when the server listens on 127.0.0.1; upload the files with POST /api/v1/sites",
+            "registering a server-side folder is only allowed when the server listens on 127.0.0.1; "
+            "upload the files with POST /api/v1/sites",
         )
     _require_new_site(context.store, request.name)
     path = Path(request.path).expanduser()
     if not path.is_absolute():
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, f"{request.path!r} is not an absolute path; give the full path of the site folder")
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, f"{request.path!r} is not an absolute path; give the full path of the site folder"
+        )
     spec = discover_site(path)
     info = context.store.add_site(request.name, spec, audit_fraction=request.audit_fraction, seed=request.seed)
     return site_out(info)

@@ -52,7 +52,8 @@ def bearer_token_dependency(expected: str) -> Callable[..., None]:
         if not hmac.compare_digest(given, expected_bytes):
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
-                "missing or wrong token: send the header 'Authorization: Bearer <token>' with the token the server was started with",
+                "missing or wrong token: send the header 'Authorization: Bearer <token>' "
+                "with the token the server was started with",
                 headers={"WWW-Authenticate": "Bearer"},
             )
 

@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -63,12 +64,10 @@ class StopRequest:
             raise JobStopped("stopped on request")
 
     def _watch_parent(self, parent: int) -> None:
-        stopped = threading.Event()
-        while not stopped.wait(PARENT_POLL_S):
-            if processes.parent_gone(parent):
-                log.warning("the server (pid %d) is gone; checkpointing and stopping", parent)
-                self.reason = self.reason or "orphaned"
-                stopped.set()
+        while not processes.parent_gone(parent):
+            time.sleep(PARENT_POLL_S)
+        log.warning("the server (pid %d) is gone; checkpointing and stopping", parent)
+        self.reason = self.reason or "orphaned"
 
 
 def worker_main(store_path: str | Path, job_id: str) -> int:
@@ -92,7 +91,8 @@ def worker_main(store_path: str | Path, job_id: str) -> int:
     except (TrainingCancelled, JobStopped) as exc:
         state = "interrupted" if stop.reason == "orphaned" else "cancelled"
         log.info("job %s %s: %s", job_id, state, exc)
-        store.update_job(job_id, state=state, error=f"{state}: {exc}. POST /api/v1/jobs/{job_id}/resume continues from the last checkpoint")
+        resume_hint = f"POST /api/v1/jobs/{job_id}/resume continues from the last checkpoint"
+        store.update_job(job_id, state=state, error=f"{state}: {exc}. {resume_hint}")
         return 0
     except Exception as exc:
         log.exception("job %s failed", job_id)
@@ -103,7 +103,9 @@ def worker_main(store_path: str | Path, job_id: str) -> int:
     return 0
 
 
-def _run(store: Store, job: JobRecord, progress: ProgressCallback, work_dir: Path, resume: bool, stop: StopRequest) -> dict[str, Any]:
+def _run(
+    store: Store, job: JobRecord, progress: ProgressCallback, work_dir: Path, resume: bool, stop: StopRequest
+) -> dict[str, Any]:
     params = job.params
     if job.kind == "adapt":
         version = pipeline.adapt(

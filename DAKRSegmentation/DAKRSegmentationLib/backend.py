@@ -1,0 +1,215 @@
+"""Starting and stopping a local backend (``<python> -m dakr serve STORE``) and its Python requirements.
+
+In Slicer the Python is ``PythonSlicer``; the ``dakr`` package ships inside the extension, next to
+the module (or in ``python_backend/`` of a source checkout), and reaches the child via ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+from .client import BackendClient, BackendError
+
+#: Packages the backend must share with Slicer rather than install: Slicer ships numpy and
+#: SimpleITK, the PyTorch extension installs torch.
+SHARED_PACKAGES = ("numpy", "simpleitk", "torch")
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:==\s*([^\s;,]+))?")
+
+
+def backend_location(module_dir: Path) -> tuple[Path, Path]:
+    """The folder to put on ``PYTHONPATH`` so ``import dakr`` works, and the backend's ``pyproject.toml``.
+
+    Installed extension: ``dakr/`` and ``dakr-pyproject.toml`` next to the module file.
+    Source checkout: ``python_backend/`` next to the module folder.
+    """
+    module_dir = Path(module_dir)
+    installed = module_dir / "dakr" / "__init__.py"
+    if installed.exists():
+        return module_dir, module_dir / "dakr-pyproject.toml"
+    source = module_dir.parent / "python_backend"
+    if (source / "dakr" / "__init__.py").exists():
+        return source, source / "pyproject.toml"
+    raise FileNotFoundError(
+        f"the DAKR backend package is missing next to {module_dir}. Fix: reinstall the DAKRSegmentation extension"
+    )
+
+
+def _name_key(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def backend_requirements(pyproject: Path) -> list[str]:
+    """The backend's dependencies except those Slicer or the PyTorch extension provide."""
+    dependencies = tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))["project"]["dependencies"]
+    kept = []
+    for requirement in dependencies:
+        match = _REQUIREMENT.match(requirement)
+        if match and _name_key(match.group(1)) not in SHARED_PACKAGES:
+            kept.append(requirement.strip())
+    return kept
+
+
+def torch_requirement(pyproject: Path) -> str | None:
+    """The minimum torch version the backend was tested with, as ``">=X"`` (``None`` if unpinned)."""
+    for requirement in tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))["project"]["dependencies"]:
+        match = _REQUIREMENT.match(requirement)
+        if match and _name_key(match.group(1)) == "torch" and match.group(2):
+            return f">={match.group(2)}"
+    return None
+
+
+def missing_requirements(requirements: list[str]) -> list[str]:
+    """Requirements not installed, or installed at a version other than the pinned one."""
+    missing = []
+    for requirement in requirements:
+        match = _REQUIREMENT.match(requirement)
+        if not match:
+            raise ValueError(f"cannot parse requirement {requirement!r}")
+        name, pinned = match.group(1), match.group(2)
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            missing.append(requirement)
+            continue
+        if pinned and installed != pinned:
+            missing.append(requirement)
+    return missing
+
+
+def shared_package_constraints() -> str:
+    """A pip constraints file text pinning the installed numpy, SimpleITK and torch, so that
+    installing the backend's requirements can never replace them."""
+    lines = []
+    for name in SHARED_PACKAGES:
+        try:
+            lines.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return "\n".join(lines) + "\n"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _process_options(new_group: bool) -> dict:
+    """No console window on Windows; the server in its own process group so it can be stopped as a tree."""
+    if sys.platform == "win32":
+        flags = subprocess.CREATE_NO_WINDOW | (subprocess.CREATE_NEW_PROCESS_GROUP if new_group else 0)
+        return {"creationflags": flags}
+    return {"start_new_session": new_group}
+
+
+class LocalBackend:
+    """One ``dakr serve`` child process on loopback with a random token.
+
+    ``start`` initialises the store if needed and returns once the server process runs; poll
+    :meth:`ready` (from a timer) or call :meth:`wait_until_ready`. The token travels in a file
+    readable only by the user, not on the command line; log and token live in ``run_dir``.
+    """
+
+    def __init__(self, python: str | Path, store: Path, pythonpath: Path, run_dir: Path,
+                 port: int | None = None, environment: dict[str, str] | None = None) -> None:
+        self.python = str(python)
+        self.store = Path(store)
+        self.pythonpath = Path(pythonpath)
+        self.run_dir = Path(run_dir)
+        self.log_file = self.run_dir / "dakr-serve.log"
+        self.token_file = self.run_dir / "dakr-serve.token"
+        self.host = "127.0.0.1"
+        self.port = port or free_port(self.host)
+        self.token = secrets.token_urlsafe(24)
+        self.environment = dict(environment if environment is not None else os.environ)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        return [self.python, "-m", "dakr", "serve", str(self.store), "--host", self.host, "--port", str(self.port),
+                "--token-file", str(self.token_file)]
+
+    def client(self) -> BackendClient:
+        return BackendClient(self.url, self.token)
+
+    def _child_environment(self) -> dict[str, str]:
+        environment = dict(self.environment)
+        paths = [str(self.pythonpath)] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
+        environment["PYTHONPATH"] = os.pathsep.join(paths)
+        environment["PYTHONUNBUFFERED"] = "1"
+        return environment
+
+    def start(self) -> None:
+        """Initialise the store (``dakr init``, a no-op for an existing store) and start the server."""
+        if self.running():
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        init = subprocess.run([self.python, "-m", "dakr", "init", str(self.store)], capture_output=True, text=True,
+                              env=self._child_environment(), stdin=subprocess.DEVNULL, timeout=300, check=False,
+                              **_process_options(new_group=False))
+        if init.returncode != 0:
+            raise BackendError(f"Cannot use {self.store} as the model store:\n{(init.stderr or init.stdout).strip()}")
+        self.token_file.write_text(self.token, encoding="utf-8")
+        self.token_file.chmod(0o600)
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=self._child_environment(), **_process_options(new_group=True))
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+    def ready(self) -> bool:
+        """One quick ``/info`` probe; raises :class:`BackendError` if the process has exited."""
+        if not self.running():
+            code = None if self.process is None else self.process.returncode
+            raise BackendError(
+                f"The local backend stopped (exit code {code}). Its log ({self.log_file}) ends with:\n{self.log_tail()}"
+            )
+        try:
+            BackendClient(self.url, self.token, timeout_s=1.0).info()
+        except BackendError as error:
+            if error.status == 0:
+                return False
+            raise
+        return True
+
+    def wait_until_ready(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BackendError(f"The local backend did not answer within {timeout_s:.0f} s. Log:\n{self.log_tail()}")
+            time.sleep(0.25)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop the server and every process it started (its job workers included)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if sys.platform == "win32":
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(self.process.pid)], capture_output=True, check=False)
+        else:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(grace_s)

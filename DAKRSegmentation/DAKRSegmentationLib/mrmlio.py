@@ -1,0 +1,267 @@
+"""MRML nodes ⇄ image files, and labelmaps ⇄ segmentation nodes.
+
+MRML keeps geometry in RAS; image files on disk (NIfTI, NRRD, as ITK and the backend read them)
+are LPS. The conversion happens in exactly one place: Slicer's volume archetype storage node,
+which every read and write in this module goes through. Nothing here flips an axis by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+
+#: Colours (RGB, 0..1) of label values 1, 2, ...; repeats after the last one.
+LABEL_COLORS: tuple[tuple[float, float, float], ...] = (
+    (0.90, 0.30, 0.24),
+    (0.18, 0.64, 0.87),
+    (0.96, 0.77, 0.19),
+    (0.36, 0.75, 0.38),
+    (0.62, 0.40, 0.80),
+    (0.95, 0.55, 0.20),
+    (0.20, 0.80, 0.75),
+    (0.85, 0.45, 0.65),
+)
+#: Colour of the segment marking voxels whose label changed between two versions.
+CHANGED_COLOR = (1.0, 0.0, 1.0)
+
+
+def label_color(value: int) -> tuple[float, float, float]:
+    """The display colour of a label value (> 0)."""
+    return LABEL_COLORS[(value - 1) % len(LABEL_COLORS)]
+
+
+@dataclass
+class ScenePair:
+    """A case of a new site taken from the scene: an image volume and its labels."""
+
+    case_id: str
+    volume: "slicer.vtkMRMLScalarVolumeNode"
+    labels: "slicer.vtkMRMLSegmentationNode | slicer.vtkMRMLLabelMapVolumeNode"
+
+
+def case_id_from_name(name: str, taken: set[str] | None = None) -> str:
+    """A backend-valid case id (``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$``) from a node name, unique in ``taken``."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:56] or "case"
+    candidate, counter = cleaned, 2
+    while taken and candidate in taken:
+        candidate = f"{cleaned}_{counter}"
+        counter += 1
+    return candidate
+
+
+def find_scene_pairs(scene: "slicer.vtkMRMLScene") -> list[ScenePair]:
+    """Pair each image volume with its labels: a segmentation whose reference geometry is the volume,
+    else a labelmap named like the volume plus a ``-label``/``_seg`` style suffix."""
+    volumes = [
+        node for node in _nodes(scene, "vtkMRMLScalarVolumeNode")
+        if not node.IsA("vtkMRMLLabelMapVolumeNode")
+    ]
+    segmentations = _nodes(scene, "vtkMRMLSegmentationNode")
+    labelmaps = _nodes(scene, "vtkMRMLLabelMapVolumeNode")
+    pairs: list[ScenePair] = []
+    taken: set[str] = set()
+    for volume in volumes:
+        labels = next(
+            (seg for seg in segmentations
+             if seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is volume),
+            None,
+        )
+        if labels is None:
+            suffixes = ("-label", "_label", " label", "-seg", "_seg", " segmentation", "-segmentation")
+            labels = next(
+                (lab for lab in labelmaps if any(lab.GetName() == volume.GetName() + s for s in suffixes)),
+                None,
+            )
+        if labels is not None:
+            case_id = case_id_from_name(volume.GetName(), taken)
+            taken.add(case_id)
+            pairs.append(ScenePair(case_id, volume, labels))
+    return pairs
+
+
+def _nodes(scene: "slicer.vtkMRMLScene", class_name: str) -> list:
+    collection = scene.GetNodesByClass(class_name)
+    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
+
+
+# -- writing ---------------------------------------------------------------------------------
+def write_volume(volume: "slicer.vtkMRMLVolumeNode", path: Path) -> Path:
+    """Write a scalar or labelmap volume to ``path`` (LPS on disk) through a storage node."""
+    if volume.GetImageData() is None:
+        raise ValueError(f"volume '{volume.GetName()}' has no image data. Fix: load or create the image first")
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(1)
+    if not storage.WriteData(volume):
+        raise OSError(f"cannot write '{volume.GetName()}' to {path}. Fix: choose a writable folder")
+    return Path(path)
+
+
+def segment_label_values(segmentation: "slicer.vtkMRMLSegmentationNode", label_names: dict[str, int]) -> dict[str, int]:
+    """Map each segment ID to its label value by segment name (case-insensitive) in ``label_names``."""
+    by_lower = {name.lower(): value for name, value in label_names.items() if value != 0}
+    values: dict[str, int] = {}
+    segments = segmentation.GetSegmentation()
+    for index in range(segments.GetNumberOfSegments()):
+        segment_id = segments.GetNthSegmentID(index)
+        name = segments.GetNthSegment(index).GetName()
+        if name.lower() not in by_lower:
+            known = ", ".join(name for name, value in sorted(label_names.items(), key=lambda item: item[1]) if value)
+            raise ValueError(
+                f"segment '{name}' of '{segmentation.GetName()}' is not one of the model's labels ({known}). "
+                "Fix: rename the segment in Segment Editor to the matching label name, or delete it"
+            )
+        values[segment_id] = by_lower[name.lower()]
+    if not values:
+        raise ValueError(f"'{segmentation.GetName()}' has no segments. Fix: segment the structures first")
+    return values
+
+
+def write_labels(labels: "slicer.vtkMRMLSegmentationNode | slicer.vtkMRMLLabelMapVolumeNode",
+                 reference: "slicer.vtkMRMLScalarVolumeNode", path: Path,
+                 label_names: dict[str, int] | None = None) -> Path:
+    """Write a case's labels as a label map file on the grid of ``reference``.
+
+    A labelmap volume is written as it is. A segmentation is exported on the reference grid; segment
+    names give the label values through ``label_names``.
+    """
+    if labels.IsA("vtkMRMLLabelMapVolumeNode"):
+        return write_volume(labels, path)
+    if label_names is None:
+        raise ValueError("label names are needed to write a segmentation as a label map")
+    values = segment_label_values(labels, label_names)
+    colors = slicer.vtkMRMLColorTableNode()
+    colors.SetTypeToUser()
+    colors.SetNumberOfColors(max(values.values()) + 1)
+    segments = labels.GetSegmentation()
+    for segment_id, value in values.items():
+        colors.SetColor(value, segments.GetSegment(segment_id).GetName(), *label_color(value), 1.0)
+    segment_ids = vtk.vtkStringArray()
+    for segment_id in values:
+        segment_ids.InsertNextValue(segment_id)
+    scene = labels.GetScene()
+    exported = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__dakr_export__")
+    try:
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            labels, segment_ids, exported, reference, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, colors)
+        if not ok:
+            raise ValueError(f"cannot export '{labels.GetName()}' on the grid of '{reference.GetName()}'")
+        return write_volume(exported, path)
+    finally:
+        scene.RemoveNode(exported)
+
+
+def label_names_from_segmentations(segmentations: list["slicer.vtkMRMLSegmentationNode"]) -> dict[str, int]:
+    """A label set for a first site: segment names in order of first appearance get values 1, 2, ..."""
+    names: dict[str, int] = {"background": 0}
+    lowered: set[str] = {"background"}
+    for segmentation in segmentations:
+        segments = segmentation.GetSegmentation()
+        for index in range(segments.GetNumberOfSegments()):
+            name = segments.GetNthSegment(index).GetName()
+            if name.lower() not in lowered:
+                lowered.add(name.lower())
+                names[name] = len(names)
+    return names
+
+
+# -- reading ---------------------------------------------------------------------------------
+def read_volume(scene: "slicer.vtkMRMLScene", path: Path, name: str, labelmap: bool = False) -> "slicer.vtkMRMLVolumeNode":
+    """Read an image file into a new scalar (or labelmap) volume node (RAS in memory)."""
+    class_name = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
+    node = scene.AddNewNodeByClass(class_name, name)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    if labelmap:
+        storage.SetSingleFile(1)
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        raise OSError(f"cannot read image {path}. Fix: check that the file is a readable NIfTI/NRRD image")
+    return node
+
+
+def labelmap_to_segmentation(labelmap: "slicer.vtkMRMLLabelMapVolumeNode", name: str,
+                             label_names: dict[str, int], reference: "slicer.vtkMRMLVolumeNode | None" = None,
+                             ) -> "slicer.vtkMRMLSegmentationNode":
+    """A new segmentation node with one segment per foreground label, named and coloured by label value.
+
+    Labels absent from the map still get an (empty) segment so that segmentations of the same case
+    list the same segments; values outside ``label_names`` are named ``label_<value>``.
+    """
+    scene = labelmap.GetScene()
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference or labelmap)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation):
+        scene.RemoveNode(segmentation)
+        raise ValueError(f"cannot import label map '{labelmap.GetName()}' as a segmentation")
+    names_by_value = {value: label for label, value in label_names.items() if value != 0}
+    segments = segmentation.GetSegmentation()
+    present: set[int] = set()
+    for index in range(segments.GetNumberOfSegments()):
+        segment = segments.GetNthSegment(index)
+        value = segment.GetLabelValue()
+        present.add(value)
+        segment.SetName(names_by_value.get(value, f"label_{value}"))
+        segment.SetColor(*label_color(value))
+    for value in sorted(set(names_by_value) - present):
+        segments.AddEmptySegment(names_by_value[value], names_by_value[value], label_color(value))
+    return segmentation
+
+
+def import_labelmap_file(scene: "slicer.vtkMRMLScene", path: Path, name: str, label_names: dict[str, int],
+                         reference: "slicer.vtkMRMLVolumeNode | None" = None) -> "slicer.vtkMRMLSegmentationNode":
+    """Read a label map file and return it as a segmentation node named ``name``."""
+    labelmap = read_volume(scene, path, f"__dakr_{name}__", labelmap=True)
+    try:
+        return labelmap_to_segmentation(labelmap, name, label_names, reference)
+    finally:
+        scene.RemoveNode(labelmap)
+
+
+def changed_voxels_segmentation(before: "slicer.vtkMRMLLabelMapVolumeNode", after: "slicer.vtkMRMLLabelMapVolumeNode",
+                                name: str) -> tuple["slicer.vtkMRMLSegmentationNode", np.ndarray]:
+    """A segmentation with one segment, ``changed voxels``, where ``before`` and ``after`` differ,
+    and that mask as a (k, j, i) array. Both label maps must share one grid."""
+    if not same_geometry(before, after):
+        raise ValueError(f"'{before.GetName()}' and '{after.GetName()}' are not on the same grid; cannot compare them voxel-wise")
+    changed = (slicer.util.arrayFromVolume(before) != slicer.util.arrayFromVolume(after)).astype(np.uint8)
+    scene = before.GetScene()
+    mask = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"__dakr_{name}__")
+    try:
+        matrix = vtk.vtkMatrix4x4()
+        before.GetIJKToRASMatrix(matrix)
+        mask.SetIJKToRASMatrix(matrix)
+        slicer.util.updateVolumeFromArray(mask, changed)
+        segmentation = labelmap_to_segmentation(mask, name, {"changed voxels": 1}, before)
+        segmentation.GetSegmentation().GetNthSegment(0).SetColor(*CHANGED_COLOR)
+        return segmentation, changed.astype(bool)
+    finally:
+        scene.RemoveNode(mask)
+
+
+def mask_centre(volume: "slicer.vtkMRMLVolumeNode", mask: np.ndarray) -> tuple[float, float, float] | None:
+    """RAS centre of the true voxels of a (k, j, i) mask on ``volume``'s grid; ``None`` if empty."""
+    if not mask.any():
+        return None
+    k, j, i = np.argwhere(mask).mean(axis=0)
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    return tuple(float(v) for v in matrix.MultiplyPoint((i, j, k, 1.0))[:3])
+
+
+def same_geometry(a: "slicer.vtkMRMLVolumeNode", b: "slicer.vtkMRMLVolumeNode", tolerance: float = 1e-4) -> bool:
+    """Whether two volumes have the same dimensions and IJK→RAS matrix."""
+    if a.GetImageData() is None or b.GetImageData() is None:
+        return False
+    if a.GetImageData().GetDimensions() != b.GetImageData().GetDimensions():
+        return False
+    ma, mb = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    a.GetIJKToRASMatrix(ma)
+    b.GetIJKToRASMatrix(mb)
+    return all(abs(ma.GetElement(i, j) - mb.GetElement(i, j)) <= tolerance for i in range(4) for j in range(4))

@@ -1,0 +1,10 @@
+# Test-only stand-in for Slicer's SlicerConfig.cmake.
+#
+# `cmake -S <extension> -B <build> -DSlicer_DIR=<this folder>` configures the extension without a
+# Slicer build. The stand-in macros fail like Slicer's do when a listed script or resource does
+# not exist, and stricter than Slicer when an EXTENSION_* value is unset. What the extension
+# declared is written to <build>/extension-manifest.json for the tests to inspect.
+set(Slicer_FOUND TRUE)
+set(Slicer_USE_FILE ${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake)
+set(Slicer_EXTENSION_GENERATE_CONFIG ${CMAKE_CURRENT_LIST_DIR}/SlicerExtensionGenerateConfig.cmake)
+set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/SlicerExtensionCPack.cmake)

@@ -1,0 +1,81 @@
+"""A tiny scripted HTTP server for tests of how the module handles backend answers and errors.
+
+Each test declares the answers it needs, ``{("GET", "/api/v1/info"): (200, {...})}``; a value may
+also be a function of the recorded request. Every request is recorded for assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+
+Answer = tuple[int, Any]
+Route = Answer | Callable[[Request], Answer]
+
+
+class FakeBackend:
+    """Serve ``routes`` on a free loopback port until :meth:`close`."""
+
+    def __init__(self, routes: dict[tuple[str, str], Route]) -> None:
+        self.routes = dict(routes)
+        self.requests: list[Request] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                parsed = urllib.parse.urlparse(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                request = Request(self.command, parsed.path, urllib.parse.parse_qs(parsed.query),
+                                  dict(self.headers), self.rfile.read(length) if length else b"")
+                fake.requests.append(request)
+                route = fake.routes.get((self.command, parsed.path))
+                status, body = (404, {"detail": f"no route {self.command} {parsed.path}"}) if route is None else (
+                    route(request) if callable(route) else route)
+                data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/octet-stream" if isinstance(body, bytes) else "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _serve
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+INFO = {
+    "product": "dakr",
+    "version": "0.1.0",
+    "api_version": "1.0",
+    "device": {"type": "cpu", "name": "CPU", "cuda_available_but_unused": False},
+    "label_names": {"background": 0, "shell": 1, "core": 2},
+    "active_version": None,
+    "running_job": None,
+}

@@ -1,0 +1,487 @@
+"""The module file under test doubles of qt, ctk, slicer.app and ScriptedLoadableModule: set-up and
+parameter binding, button wiring, the adapt flow driven by a fake timer, and error dialogs."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer
+
+import slicer_gui_doubles as doubles
+from fake_http import INFO, FakeBackend
+
+MODELS_V1 = [{"id": 1, "parent": None, "site": "A", "strategy": "dakr", "created": "2026-01-02T10:00:00", "seed": 0,
+              "config": {}, "active": True, "dice": {"A": 0.9}}]
+MODELS_V2 = [{**MODELS_V1[0], "active": False},
+             {"id": 2, "parent": 1, "site": "B", "strategy": "replay", "created": "2026-01-03T11:00:00", "seed": 0,
+              "config": {}, "active": True, "dice": {"A": 0.8, "B": 0.85}}]
+MATRIX_V2 = {"versions": [1, 2], "sites": ["A", "B"], "dice": [[0.9, 0.5], [0.8, 0.85]], "per_class": {}}
+SITES = [{"name": "A", "n_train": 3, "n_audit": 2, "purged": False, "created": "", "split_seed": 0},
+         {"name": "B", "n_train": 3, "n_audit": 1, "purged": False, "created": "", "split_seed": 0}]
+
+
+class Backend:
+    """A scripted backend whose job advances one step per poll of its state."""
+
+    def __init__(self) -> None:
+        self.info = dict(INFO)
+        self.models = list(MODELS_V1)
+        self.jobs_list: list[dict] = []
+        self.job_states = ["running", "succeeded"]
+        self.job_error: str | None = None
+        self.events = [
+            [{"stage": "train", "step": 5, "total": 20, "epoch": 1, "epochs": 2, "losses": {"seg": 0.7},
+              "throughput": 4.0, "eta_s": 30.0, "message": "", "time": 1.0}],
+            [{"stage": "evaluate", "step": 2, "total": 2, "epoch": 0, "epochs": 0, "losses": {},
+              "throughput": 0.0, "eta_s": None, "message": "audit cases", "time": 2.0}],
+        ]
+        self.polls = 0
+        self.server = FakeBackend({
+            ("GET", "/api/v1/info"): lambda r: (200, self.info),
+            ("GET", "/api/v1/models"): lambda r: (200, self.models),
+            ("GET", "/api/v1/sites"): (200, SITES),
+            ("GET", "/api/v1/sites/A/cases"): (200, [{"case_id": "a1", "split": "train"}, {"case_id": "a2", "split": "audit"}]),
+            ("GET", "/api/v1/sites/B/cases"): (200, [{"case_id": "b1", "split": "train"}, {"case_id": "b2", "split": "audit"}]),
+            ("GET", "/api/v1/jobs"): lambda r: (200, self.jobs_list),
+            ("POST", "/api/v1/jobs"): (202, {"job_id": "j1"}),
+            ("GET", "/api/v1/jobs/j1/events"): self._events,
+            ("GET", "/api/v1/jobs/j1"): self._job,
+            ("GET", "/api/v1/jobs/j1/log"): (200, {"lines": ["Traceback (most recent call last):", "RuntimeError: CUDA out of memory"]}),
+            ("POST", "/api/v1/jobs/j1/cancel"): (200, {"id": "j1", "state": "running"}),
+            ("POST", "/api/v1/jobs/j1/resume"): (200, {"id": "j1", "state": "queued"}),
+            ("GET", "/api/v1/evaluation/matrix"): (200, MATRIX_V2),
+            ("POST", "/api/v1/models/1/activate"): (200, MODELS_V1[0]),
+        })
+
+    def _events(self, request) -> tuple[int, dict]:
+        since = int(request.query["since"][0])
+        available = [event for batch in self.events[: self.polls + 1] for event in batch]
+        return 200, {"events": available[since:], "next": len(available)}
+
+    def _job(self, request) -> tuple[int, dict]:
+        state = self.job_states[min(self.polls, len(self.job_states) - 1)]
+        self.polls += 1
+        if state == "succeeded":
+            self.models = list(MODELS_V2)
+        return 200, {"id": "j1", "kind": "adapt", "state": state, "params": {}, "progress": None, "created": "",
+                     "updated": "", "error": self.job_error if state == "failed" else None,
+                     "result": {"version": 2} if state == "succeeded" else None}
+
+    def requests(self, method: str, path: str) -> list:
+        return [r for r in self.server.requests if r.method == method and r.path == f"/api/v1{path}"]
+
+
+@pytest.fixture
+def backend():
+    fake = Backend()
+    yield fake
+    fake.server.close()
+
+
+@pytest.fixture
+def gui(monkeypatch, scene, tmp_path):
+    """The module imported and its widget set up under the doubles."""
+    env = doubles.install(monkeypatch, scene, tmp_path / "slicer-temp")
+    monkeypatch.delitem(sys.modules, "DAKRSegmentation", raising=False)
+    module = importlib.import_module("DAKRSegmentation")
+    widget = module.DAKRSegmentationWidget()
+    widget.setup()
+    yield types.SimpleNamespace(module=module, widget=widget, ui=widget.ui, env=env, scene=scene)
+    widget.cleanup()
+    monkeypatch.delitem(sys.modules, "DAKRSegmentation", raising=False)
+
+
+def connect_remote(gui, backend: Backend, token: str = "t0ken") -> None:
+    gui.ui.backendModeComboBox.currentIndex = gui.ui.backendModeComboBox._items.index("remote")
+    gui.ui.remoteUrlLineEdit.text = backend.server.url
+    gui.ui.remoteTokenLineEdit.text = token
+    gui.ui.connectButton.click()
+
+
+def poll_timer(gui) -> doubles.QTimer:
+    return gui.widget.pollTimer
+
+
+def test_setup_binds_the_parameter_node_and_wires_every_button(gui) -> None:
+    ui, params = gui.ui, gui.widget._parameterNode
+    assert gui.env.unhandled == []
+    assert ui.strategyComboBox._items == list(gui.module.STRATEGIES) and ui.strategyComboBox.currentText == "dakr"
+    ui.epochsSpinBox.value = 7
+    ui.lambdaCraSpinBox.value = 0.25
+    ui.siteNameLineEdit.text = "HospitalB"
+    assert (params.epochs, params.lambdaCra, params.siteName) == (7, 0.25, "HospitalB")
+    params.strategy = "ewc"
+    assert ui.strategyComboBox.currentText == "ewc"
+    buttons = [w for w in vars(ui).values() if type(w) is doubles.QPushButton]
+    assert len(buttons) == 14
+    unwired = [b.name for b in buttons if not b.connections("clicked(bool)")]
+    assert unwired == []
+    # nothing but the backend section works before a connection
+    assert ui.connectButton.enabled and not ui.adaptCollapsibleButton.enabled and not ui.auditCollapsibleButton.enabled
+
+
+def test_backend_defaults_are_the_backend_config_defaults(gui) -> None:
+    from dakr.config import ExperimentConfig
+
+    defaults = ExperimentConfig()
+    params = gui.widget._parameterNode
+    assert (params.epochs, params.bufferSamples) == (defaults.train.epochs, defaults.continual.buffer_samples)
+    assert (params.lambdaCna, params.lambdaCra) == (defaults.continual.lambda_cna, defaults.continual.lambda_cra)
+
+
+def test_backend_mode_switches_the_visible_fields(gui) -> None:
+    ui = gui.ui
+    assert ui.storePathLineEdit.visible and not ui.remoteUrlLineEdit.visible and not ui.remoteTokenLineEdit.visible
+    ui.backendModeComboBox.currentIndex = 1
+    assert not ui.storePathLineEdit.visible and ui.remoteUrlLineEdit.visible and ui.remoteTokenLineEdit.visible
+    ui.casesSourceComboBox.currentIndex = 1
+    assert ui.folderCasesWidget.visible and not ui.sceneCasesWidget.visible
+
+
+def test_remote_connect_shows_version_device_and_gpu_warning(gui, backend) -> None:
+    backend.info["device"] = {"type": "cpu", "name": "CPU", "cuda_available_but_unused": True}
+    connect_remote(gui, backend)
+
+    ui = gui.ui
+    assert gui.env.dialogs.errors == []
+    assert ui.backendStatusLabel.text == f"Connected to {backend.server.url} · API 1.0 · device cpu (CPU)"
+    assert ui.deviceWarningLabel.visible and "CPU-only" in ui.deviceWarningLabel.text
+    assert backend.server.requests[0].headers["Authorization"] == "Bearer t0ken"
+    assert ui.adaptCollapsibleButton.enabled and not ui.connectButton.enabled
+    assert ui.activeVersionLabel.text == "Active version: v1 (dakr on A)"
+    assert ui.adaptSiteComboBox._items == ["A", "B"] and ui.auditSiteComboBox._items == ["A"]
+    assert "remoteToken" not in gui.widget._parameterNode._fields, "the token must not be saved with the scene"
+
+
+def test_backend_with_another_api_major_is_refused(gui, backend) -> None:
+    backend.info["api_version"] = "2.0"
+    connect_remote(gui, backend)
+
+    assert len(gui.env.dialogs.errors) == 1
+    assert "API version 2.0, this module supports 1.x" in gui.env.dialogs.errors[0]
+    assert gui.widget.logic.session is None
+    assert not gui.ui.adaptCollapsibleButton.enabled and gui.ui.connectButton.enabled
+    assert gui.env.unhandled == []
+
+
+def test_unreachable_backend_gives_a_dialog_not_a_traceback(gui, backend) -> None:
+    url = backend.server.url
+    backend.server.close()
+    gui.ui.backendModeComboBox.currentIndex = 1
+    gui.ui.remoteUrlLineEdit.text = url
+    gui.ui.connectButton.click()
+    assert len(gui.env.dialogs.errors) == 1 and f"No DAKR backend answered at {url}" in gui.env.dialogs.errors[0]
+    assert gui.env.unhandled == []
+
+
+def test_adapt_flow_is_driven_by_the_timer(gui, backend) -> None:
+    connect_remote(gui, backend)
+    ui = gui.ui
+    ui.adaptSiteComboBox.currentIndex = 1
+    ui.strategyComboBox.currentIndex = gui.module.STRATEGIES.index("replay")
+    ui.epochsSpinBox.value = 2
+    ui.bufferSamplesSpinBox.value = 32
+    ui.lambdaCnaSpinBox.value = 2.0
+
+    ui.adaptButton.click()
+
+    body = json.loads(backend.requests("POST", "/jobs")[0].body)
+    assert body == {"kind": "adapt", "site": "B", "strategy": "replay",
+                    "config": {"train.epochs": 2, "continual.buffer_samples": 32, "continual.lambda_cna": 2.0,
+                               "continual.lambda_cra": 0.5}}
+    timer = poll_timer(gui)
+    assert timer.isActive() and timer.interval == gui.module.POLL_INTERVAL_MS
+    assert ui.cancelButton.enabled and not ui.adaptButton.enabled and not ui.rollbackButton.enabled
+    assert gui.widget._parameterNode.jobId == "j1"
+
+    timer.fire()
+    assert ui.jobProgressBar.value == 25 and ui.jobProgressBar.maximum == 100
+    assert ui.jobStatusLabel.text == "train · epoch 1/2 · step 5/20 · seg 0.700 · ETA 0:30"
+    assert "train · epoch 1/2 · step 5/20" in ui.jobLogTextEdit.toPlainText()
+    assert timer.isActive()
+
+    timer.fire()
+    assert not timer.isActive()
+    assert ui.jobStatusLabel.text == "Finished: version 2 is active."
+    assert "evaluate · step 2/2 · audit cases" in ui.jobLogTextEdit.toPlainText()
+    assert ui.versionsTableWidget.rowCount() == 2 and ui.versionsTableWidget.item(1, 0).text() == "v2 (active)"
+    assert (ui.beforeVersionComboBox.currentText, ui.afterVersionComboBox.currentText) == ("v1 · A · dakr", "v2 · B · replay")
+    table = gui.widget._parameterNode.resultsTable
+    assert table is not None and ui.resultsTableView.mrmlTableNode() is table
+    after = table.GetTable().GetColumnByName("Dice after")
+    assert [after.GetValue(i) for i in range(2)] == pytest.approx([0.8, 0.85])
+    assert ui.bwtLabel.text == "Backward transfer of v2: -0.100 (negative = forgetting)"
+    assert gui.env.app.layoutManager().layouts[-1] == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView
+    assert gui.env.app.applicationLogic().propagated == ["table", "plot"]
+    assert ui.auditSiteComboBox._items == ["A", "B"]
+    assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
+
+
+def test_cancel_then_resume(gui, backend) -> None:
+    backend.job_states = ["running", "cancelled", "running"]
+    connect_remote(gui, backend)
+    gui.ui.adaptButton.click()
+    timer = poll_timer(gui)
+    timer.fire()
+
+    gui.ui.cancelButton.click()
+    assert len(backend.requests("POST", "/jobs/j1/cancel")) == 1
+    timer.fire()
+    assert not timer.isActive()
+    assert gui.ui.resumeButton.enabled and gui.ui.adaptButton.enabled
+    assert gui.ui.jobStatusLabel.text.startswith("Cancelled.")
+
+    gui.ui.resumeButton.click()
+    assert len(backend.requests("POST", "/jobs/j1/resume")) == 1
+    assert timer.isActive() and not gui.ui.resumeButton.enabled
+
+
+def test_failed_job_shows_the_error_and_the_log(gui, backend) -> None:
+    backend.job_states = ["failed"]
+    backend.job_error = "RuntimeError: CUDA out of memory"
+    connect_remote(gui, backend)
+    gui.ui.adaptButton.click()
+    poll_timer(gui).fire()
+
+    assert gui.env.dialogs.errors == ["Adapting failed.\n\nRuntimeError: CUDA out of memory"]
+    assert "Traceback (most recent call last):" in gui.ui.jobLogTextEdit.toPlainText()
+    assert not poll_timer(gui).isActive() and not gui.ui.resumeButton.enabled
+
+
+def test_conflict_shows_a_dialog_and_follows_the_running_job(gui, backend) -> None:
+    backend.server.routes[("POST", "/api/v1/jobs")] = (409, {"detail": "a training job is running: j1", "job_id": "j1"})
+    connect_remote(gui, backend)
+    gui.ui.adaptButton.click()
+    assert len(gui.env.dialogs.errors) == 1 and "follows the running job j1" in gui.env.dialogs.errors[0]
+    assert poll_timer(gui).isActive() and gui.widget.logic.monitor.job_id == "j1"
+
+
+def test_connect_offers_to_resume_an_interrupted_job(gui, backend) -> None:
+    backend.jobs_list = [{"id": "j0", "kind": "adapt", "state": "succeeded", "updated": "2026-01-01"},
+                         {"id": "j1", "kind": "adapt", "state": "interrupted", "updated": "2026-01-02"}]
+    connect_remote(gui, backend)
+    assert gui.ui.resumeButton.enabled
+    assert gui.ui.jobStatusLabel.text == "Job j1 was interrupted. Resume continues it from its last checkpoint."
+
+
+def test_connect_follows_a_running_job(gui, backend) -> None:
+    backend.info["running_job"] = "j1"
+    connect_remote(gui, backend)
+    assert poll_timer(gui).isActive() and gui.ui.cancelButton.enabled
+
+
+def test_rollback_activates_the_selected_version_after_confirmation(gui, backend) -> None:
+    backend.models = list(MODELS_V2)
+    connect_remote(gui, backend)
+    gui.ui.versionsTableWidget.selectRow(0)
+    gui.env.dialogs.confirm_answer = False
+    gui.ui.rollbackButton.click()
+    assert backend.requests("POST", "/models/1/activate") == []
+    gui.env.dialogs.confirm_answer = True
+    gui.ui.rollbackButton.click()
+    assert len(backend.requests("POST", "/models/1/activate")) == 1
+    assert "Make v1 the active model?" in gui.env.dialogs.confirmations[-1]
+
+
+def test_scene_cases_are_paired_and_a_rejected_site_names_case_and_fix(gui, backend) -> None:
+    from DAKRSegmentationLib.testing import add_phantom_case
+
+    detail = "case_2.nii.gz: label map has no foreground. Fix: segment the structures or remove the case"
+    backend.server.routes[("POST", "/api/v1/sites")] = (422, {"detail": detail})
+    connect_remote(gui, backend)
+    for index in (1, 2):
+        add_phantom_case(gui.scene, f"case {index}", seed=index)
+    ui = gui.ui
+    ui.siteNameLineEdit.text = "C"
+    assert not ui.registerSiteButton.enabled
+    ui.findCasesButton.click()
+    assert ui.casesTableWidget.rowCount() == 2 and ui.casesTableWidget.item(1, 0).text() == "case_2"
+    ui.registerSiteButton.click()
+
+    assert len(gui.env.dialogs.errors) == 1
+    message = gui.env.dialogs.errors[0]
+    assert message.startswith("Site 'C' was not registered.")
+    assert detail in message and "case case_2 = volume 'case 2' + labels 'case 2 segmentation'" in message
+    upload = backend.requests("POST", "/sites")[0]
+    assert b'filename="case_1_0000.nii.gz"' in upload.body and b'filename="case_2.nii.gz"' in upload.body
+
+
+def test_manual_case_pairs_can_be_added_and_removed(gui, backend) -> None:
+    from DAKRSegmentationLib.testing import add_phantom_case
+
+    connect_remote(gui, backend)
+    volume, segmentation = add_phantom_case(gui.scene, "manual", seed=1)
+    ui = gui.ui
+    ui.addCaseButton.click()
+    assert gui.env.dialogs.errors and "Choose an image volume" in gui.env.dialogs.errors[-1]
+    ui.caseVolumeSelector.setCurrentNode(volume)
+    ui.caseLabelsSelector.setCurrentNode(segmentation)
+    ui.addCaseButton.click()
+    ui.addCaseButton.click()
+    assert [ui.casesTableWidget.item(r, 0).text() for r in range(2)] == ["manual", "manual_2"]
+    ui.casesTableWidget.selectRow(0)
+    ui.removeCaseButton.click()
+    assert ui.casesTableWidget.rowCount() == 1 and gui.widget.scenePairs[0].case_id == "manual_2"
+
+
+def _nifti(array: np.ndarray, path: Path) -> bytes:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.2, 1.1, 2.5))
+    image.SetOrigin((5.0, 6.0, -7.0))
+    sitk.WriteImage(image, str(path))
+    return path.read_bytes()
+
+
+def test_audit_loads_before_and_after_and_steps_through_cases(gui, backend, tmp_path: Path) -> None:
+    from DAKRSegmentationLib.testing import phantom_arrays
+
+    files = {}
+    for case, seed in (("c1", 1), ("c2", 2)):
+        image, labels = phantom_arrays(seed)
+        after = labels.copy()
+        after[6, 12:16, 12:16] = 0
+        files[case] = {key: _nifti(array, tmp_path / f"{case}-{key}.nii.gz")
+                       for key, array in (("image", image), ("label", labels), ("1", labels), ("2", after))}
+    routes = backend.server.routes
+    routes[("GET", "/api/v1/sites/A/cases")] = (200, [{"case_id": "c2", "split": "audit"}, {"case_id": "t1", "split": "train"},
+                                                      {"case_id": "c1", "split": "audit"}])
+    for case in files:
+        routes[("GET", f"/api/v1/sites/A/cases/{case}/image")] = (200, files[case]["image"])
+        routes[("GET", f"/api/v1/sites/A/cases/{case}/label")] = (200, files[case]["label"])
+        routes[("GET", f"/api/v1/sites/A/cases/{case}/prediction")] = lambda r, case=case: (200, files[case][r.query["version"][0]])
+        routes[("GET", f"/api/v1/sites/A/cases/{case}/dice")] = (200, {"before": 0.91, "after": 0.87})
+    backend.models = list(MODELS_V2)
+    connect_remote(gui, backend)
+    ui = gui.ui
+
+    assert ui.auditSiteComboBox.currentText == "A" and ui.auditCaseComboBox._items == ["c1", "c2"]
+    assert not ui.previousCaseButton.enabled and ui.nextCaseButton.enabled
+    ui.loadCaseButton.click()
+
+    assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
+    names = {gui.scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode").GetName()
+             for i in range(gui.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))}
+    assert names == {"A c1 ground truth", "A c1 before (v1)", "A c1 after (v2)", "A c1 changed v1-v2"}
+    changed = int((phantom_arrays(1)[1][6, 12:16, 12:16] != 0).sum())
+    assert ui.auditDiceLabel.text == f"A / c1: Dice v1 0.910 → v2 0.870 · {changed} voxels changed"
+    layout = gui.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    assert gui.env.app.layoutManager().slice_view_resets == 1
+
+    ui.showChangesCheckBox.click()
+    case = gui.widget.logic.session.audit_case
+    assert not case.changes.GetDisplayNode().GetVisibility() and case.ground_truth.GetDisplayNode().GetVisibility()
+
+    ui.nextCaseButton.click()
+    assert ui.auditCaseComboBox.currentText == "c2" and ui.previousCaseButton.enabled and not ui.nextCaseButton.enabled
+    assert gui.scene.GetFirstNodeByName("A c1 before (v1)") is None, "the previous case's nodes must be removed"
+    assert gui.scene.GetFirstNodeByName("A c2 after (v2)") is not None
+    assert not gui.widget.logic.session.audit_case.changes.GetDisplayNode().GetVisibility()
+    ui.previousCaseButton.click()
+    assert ui.auditCaseComboBox.currentText == "c1"
+
+
+def test_local_backend_dependencies_come_from_pytorch_extension_and_pip(gui, monkeypatch) -> None:
+    calls = []
+
+    class PyTorchUtilsLogic:
+        def torchInstalled(self) -> bool:
+            return False
+
+        def installTorch(self, askConfirmation: bool = False, torchVersionRequirement: str | None = None, **kwargs):
+            calls.append((askConfirmation, torchVersionRequirement))
+            return types.SimpleNamespace(__version__="2.13.0")
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    monkeypatch.setattr(gui.module, "missing_requirements", lambda requirements: ["nilearn==0.14.1"])
+
+    gui.widget.logic.ensureBackendDependencies()
+
+    assert calls == [(True, ">=2.13.0")]
+    assert "nilearn==0.14.1" in gui.env.dialogs.confirmations[-1]
+    (arguments,) = gui.env.dialogs.pip_installs
+    assert arguments[0] == "-c" and arguments[2:] == ["nilearn==0.14.1"]
+    pins = Path(arguments[1]).read_text().split()
+    assert {pin.split("==")[0] for pin in pins} == {"numpy", "simpleitk", "torch"}
+    assert f"numpy=={np.__version__}" in pins
+
+    gui.env.dialogs.confirm_answer = False
+    with pytest.raises(RuntimeError, match="Required Python packages are missing"):
+        gui.widget.logic.ensureBackendDependencies()
+
+
+def test_missing_pytorch_extension_is_explained(gui, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
+    gui.ui.connectButton.click()
+    assert len(gui.env.dialogs.errors) == 1 and "install 'PyTorch' from the Extensions Manager" in gui.env.dialogs.errors[0]
+    assert gui.env.unhandled == [] and not poll_timer(gui).isActive()
+
+
+@pytest.fixture
+def torch_ready(monkeypatch):
+    torch_utils = types.SimpleNamespace(torchInstalled=lambda: True)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=lambda: torch_utils))
+
+
+def test_local_backend_is_started_and_connected_from_the_timer(gui, torch_ready, tmp_path: Path) -> None:
+    from stand_in_python import info_server_command, stand_in_python
+
+    gui.widget.logic.backendPython = str(stand_in_python(tmp_path, serve=info_server_command(tmp_path)))
+    gui.ui.storePathLineEdit.currentPath = str(tmp_path / "store")
+    gui.ui.connectButton.click()
+
+    timer = poll_timer(gui)
+    backend = gui.widget.logic.localBackend
+    assert timer.isActive() and not gui.ui.connectButton.enabled
+    assert gui.ui.backendStatusLabel.text == f"Starting the local backend on {backend.url} ..."
+    assert (tmp_path / "calls.txt").read_text().splitlines()[0] == f"-m dakr init {tmp_path / 'store'}"
+    deadline = time.monotonic() + 30
+    while timer.isActive() and time.monotonic() < deadline:
+        timer.fire()
+        time.sleep(0.1)
+    assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
+    assert gui.ui.backendStatusLabel.text == f"Connected to {backend.url} · API 1.0 · device cpu (CPU)"
+    assert gui.ui.adaptCollapsibleButton.enabled and not timer.isActive()
+
+    gui.ui.disconnectButton.click()
+    assert not backend.running() and gui.widget.logic.session is None
+    assert gui.ui.backendStatusLabel.text == "Not connected." and gui.ui.connectButton.enabled
+
+
+def test_a_local_backend_that_exits_is_reported(gui, torch_ready, tmp_path: Path) -> None:
+    from stand_in_python import stand_in_python
+
+    gui.widget.logic.backendPython = str(stand_in_python(tmp_path))
+    gui.ui.storePathLineEdit.currentPath = str(tmp_path / "store")
+    gui.ui.connectButton.click()
+    timer = poll_timer(gui)
+    deadline = time.monotonic() + 10
+    while timer.isActive() and time.monotonic() < deadline:
+        timer.fire()
+        time.sleep(0.05)
+    assert len(gui.env.dialogs.errors) == 1
+    assert "The local backend did not start." in gui.env.dialogs.errors[0]
+    assert "exit code 3" in gui.env.dialogs.errors[0] and "dakr serve: port in use" in gui.env.dialogs.errors[0]
+    assert gui.widget.logic.localBackend is None and gui.ui.connectButton.enabled
+
+
+def test_site_from_a_folder_is_registered_and_selected_for_adapting(gui, backend, tmp_path: Path) -> None:
+    backend.server.routes[("POST", "/api/v1/sites/from-path")] = (201, {**SITES[1], "name": "B"})
+    connect_remote(gui, backend)
+    ui = gui.ui
+    ui.casesSourceComboBox.currentIndex = 1
+    ui.siteFolderPathLineEdit.currentPath = str(tmp_path)
+    ui.siteNameLineEdit.text = "B"
+    assert ui.registerSiteButton.enabled
+    ui.registerSiteButton.click()
+    assert json.loads(backend.requests("POST", "/sites/from-path")[0].body) == {"name": "B", "path": str(tmp_path.resolve())}
+    assert ui.jobStatusLabel.text == "Site B registered: 3 training and 1 audit cases. Ready to adapt."
+    assert ui.adaptSiteComboBox.currentText == "B" and gui.env.dialogs.errors == []
