@@ -22,9 +22,15 @@ from typing import Any
 
 import numpy as np
 
+from dakr.config import ExperimentConfig, apply_overrides
 from dakr.continual.strategies import MAIN_STRATEGIES, get_strategy
 from dakr.evaluation.continual_metrics import acc, bwt, forgetting, fwt
 from dakr.progress import ProgressEvent, format_event
+
+#: Interleaved timing rounds per strategy, steps per round, and steps discarded as warm-up.
+TIMING_ROUNDS = 3
+TIMING_STEPS = 30
+TIMING_WARMUP = 5
 
 
 @dataclass
@@ -105,18 +111,28 @@ def run_benchmark(
     ]
     for spec, result in zip(specs, _execute(specs, config.workers)):
         runs.setdefault(spec.label, []).append(result)
+    timed = sorted({spec.strategy for spec in specs})
+    reference_store = next(spec.store_dir for spec in specs if spec.seed == 0 and spec.label == plan[0][2])
+    step_seconds = _in_child(measure_step_seconds, reference_store, site_dirs[1].name, config.overrides, timed)
     if config.matched_compute and {"dakr", "replay"} <= set(config.strategies):
+        steps = apply_overrides(ExperimentConfig(), config.overrides).train.steps_per_epoch
+        matched_steps = max(1, round(steps * step_seconds["dakr"] / step_seconds["replay"]))
         matched = [
-            _spec(config, "replay", main_budget, seed, site_dirs, out, "replay-matched", _matched_steps(config, runs, seed))
+            _spec(config, "replay", main_budget, seed, site_dirs, out, "replay-matched", {"train.steps_per_epoch": matched_steps})
             for seed in range(config.seeds)
         ]
         runs["replay-matched"] = _execute(matched, config.workers)
+        step_seconds["replay-matched"] = step_seconds["replay"]
     results = {
         "config": asdict(config),
         "sites": [d.name for d in site_dirs],
         "device": runs[plan[0][2]][0]["device"],
         "fwt_reference": "b_j = Dice of the stage-1 (base) model of the same run on site j",
-        "strategies": {label: _aggregate(label_runs) for label, label_runs in runs.items()},
+        "step_timing": f"median seconds per optimiser step at stage 2 ({TIMING_ROUNDS} interleaved rounds of "
+        f"{TIMING_STEPS} steps per strategy, one process, same data, previous network and buffer)",
+        "strategies": {
+            label: _aggregate(label_runs, step_seconds[label.split("@")[0]]) for label, label_runs in runs.items()
+        },
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     from dakr.evaluation.benchmark_report import write_benchmark_outputs
@@ -131,21 +147,65 @@ def _spec(config: BenchmarkConfig, strategy: str, budget: int, seed: int, site_d
     return RunSpec(strategy, seed, budget, str(site_dirs[0].parent), [d.name for d in site_dirs], str(store_dir), overrides, label)
 
 
-def _matched_steps(config: BenchmarkConfig, runs: dict[str, list[dict[str, Any]]], seed: int) -> dict[str, Any]:
-    """Steps per epoch for replay so that its training takes as long as dakr's did."""
-    dakr_seconds = runs["dakr"][seed]["seconds_per_step"]
-    replay_seconds = runs["replay"][seed]["seconds_per_step"]
-    from dakr.config import apply_overrides, ExperimentConfig
-
-    steps = apply_overrides(ExperimentConfig(), config.overrides).train.steps_per_epoch
-    return {"train.steps_per_epoch": max(1, round(steps * dakr_seconds / replay_seconds))}
-
-
 def _execute(specs: list[RunSpec], workers: int) -> list[dict[str, Any]]:
     """Run each chain in a fresh child process (own memory peak, own torch state), ``workers`` at a time."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1) as pool:
         return list(pool.map(run_chain, specs))
+
+
+def _in_child(function: Any, *args: Any) -> Any:
+    """Run ``function(*args)`` alone in a fresh child process."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def measure_step_seconds(store_dir: str, site: str, overrides: dict[str, Any], strategies: list[str]) -> dict[str, float]:
+    """Median seconds per training step of each strategy, measured in interleaved rounds.
+
+    Every strategy trains stage 2 of the same chain (the stored base model as the current and
+    the previous network, its buffer, the second site's data) for :data:`TIMING_STEPS` steps per
+    round; the rounds alternate strategies so that drifts of the machine hit all of them alike.
+    """
+    import copy
+
+    import torch
+
+    from dakr.continual.buffer import ReplayBuffer
+    from dakr.data.sampling import PatchSampler
+    from dakr.inference import default_device
+    from dakr.pipeline import build_model, label_values, training_cases
+    from dakr.store import Store
+    from dakr.training import StageContext, Trainer
+
+    store = Store.open(store_dir)
+    base = store.versions()[0]
+    config = apply_overrides(
+        ExperimentConfig.from_dict(base.config), {"train.epochs": 1, "train.steps_per_epoch": TIMING_STEPS}
+    )
+    values = label_values(store)
+    device = default_device()
+    sampler = PatchSampler(
+        training_cases(store, [site], config, values), tuple(config.net.patch_size), config.net.spatial_dims,
+        config.train.foreground_oversample,
+    )
+    buffer = ReplayBuffer.from_arrays(store.load_buffer(base.id))
+    tensors = store.load_tensors(base.id)
+    durations: dict[str, list[float]] = {name: [] for name in strategies}
+    for _ in range(TIMING_ROUNDS):
+        for name in strategies:
+            model = build_model(config, len(values), tensors, device)
+            previous = copy.deepcopy(model).eval().requires_grad_(False)
+            ctx = StageContext(
+                config=config, model=model, sampler=sampler, num_classes=len(values), device=device,
+                rng=np.random.default_rng(0), stage=2, site=site, previous_model=previous, buffer=buffer,
+            )
+            stamps: list[float] = []
+            Trainer(ctx, get_strategy(name)(config), progress=lambda event: stamps.append(time.perf_counter())).fit()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            durations[name].extend(np.diff(stamps)[TIMING_WARMUP:].tolist())
+    return {name: float(np.median(values)) for name, values in durations.items()}
 
 
 def run_chain(spec: RunSpec) -> dict[str, Any]:
@@ -233,7 +293,7 @@ class _StepTimer:
         return self.seconds / max(self.steps, 1)
 
 
-def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _aggregate(runs: list[dict[str, Any]], seconds_per_step: float) -> dict[str, Any]:
     """Mean and spread over seeds of ACC, BWT, forgetting, FWT (Dice points) and costs."""
     matrices = [np.array(r["matrix"], dtype=float) * 100 for r in runs]
     bases = [np.array(r["base"], dtype=float) * 100 for r in runs]
@@ -247,7 +307,8 @@ def _aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "forgetting": float(np.mean([forgetting(m) for m in matrices])),
         "fwt": float(np.mean([fwt(m, b) for m, b in zip(matrices, bases)])),
         "matrix": np.mean(matrices, axis=0).round(2).tolist(),
-        "seconds_per_step": float(np.mean([r["seconds_per_step"] for r in runs])),
+        "seconds_per_step": seconds_per_step,
+        "chain_seconds_per_step": float(np.mean([r["seconds_per_step"] for r in runs])),
         "peak_rss_mb": float(max(r["peak_rss_mb"] for r in runs)),
         "peak_gpu_mb": float(max(r["peak_gpu_mb"] for r in runs)),
         "wall_seconds": float(np.mean([r["wall_seconds"] for r in runs])),

@@ -40,8 +40,12 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``batch_size`` samples uniformly with replacement: (images float32, labels int64)."""
-        index = rng.integers(0, len(self), size=batch_size)
+        index = self.sample_indices(batch_size, rng)
         return self.images[index], self.labels[index].astype(np.int64)
+
+    def sample_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        """Positions of ``batch_size`` samples drawn uniformly with replacement."""
+        return rng.integers(0, len(self), size=batch_size)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The form stored next to a model version (``np.savez``, no pickled objects)."""

@@ -24,18 +24,25 @@ if TYPE_CHECKING:
 
 @dataclass
 class Batch:
-    """A training batch. ``from_buffer[i]`` tells whether sample ``i`` came from the replay buffer."""
+    """A training batch. ``from_buffer[i]`` tells whether sample ``i`` came from the replay buffer;
+    ``buffer_index`` holds the buffer positions of those samples, in batch order."""
 
     images: torch.Tensor
     labels: torch.Tensor
     from_buffer: torch.Tensor
+    buffer_index: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
         return int(self.images.shape[0])
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(self.images.to(device), self.labels.to(device), self.from_buffer.to(device))
+        return Batch(
+            self.images.to(device),
+            self.labels.to(device),
+            self.from_buffer.to(device),
+            None if self.buffer_index is None else self.buffer_index.to(device),
+        )
 
 
 @dataclass

@@ -39,6 +39,7 @@ class DAKR(Replay):
     def __init__(self, config: ExperimentConfig) -> None:
         super().__init__(config)
         continual = config.continual
+        self.buffer_features: torch.Tensor | None = None
         self.mapping: FeatureMappingBlock | None = None
         if self.use_cra and continual.mapping_block:
             self.mapping = FeatureMappingBlock(
@@ -50,6 +51,21 @@ class DAKR(Replay):
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"mapping": self.mapping} if self.mapping is not None else {}
+
+    def before_stage(self, ctx: StageContext) -> None:
+        """Cache the frozen previous network's bottleneck features of every buffer sample.
+
+        The buffer and the previous network do not change during a stage, and instance
+        normalisation makes each sample's features independent of the rest of the batch, so a
+        step only has to run the previous encoder on the current-site part of its batch.
+        """
+        self.buffer_features = None
+        if self.use_cna and ctx.previous_model is not None and ctx.buffer is not None and len(ctx.buffer):
+            with torch.no_grad():
+                self.buffer_features = torch.cat([
+                    encode_to_bottleneck(ctx.previous_model, torch.from_numpy(ctx.buffer.images[i : i + 64]).to(ctx.device))
+                    for i in range(0, len(ctx.buffer), 64)
+                ])
 
     def extra_losses(self, ctx: StageContext, batch: Batch, logits: torch.Tensor, features: torch.Tensor) -> dict[str, torch.Tensor]:
         if ctx.previous_model is None:
@@ -65,10 +81,21 @@ class DAKR(Replay):
                 terms["cra"] = self.config.continual.lambda_cra * cra
         return terms
 
+    def _previous_features(self, ctx: StageContext, batch: Batch) -> torch.Tensor:
+        """The previous network's bottleneck features of the batch (buffer rows from the cache)."""
+        with torch.no_grad():
+            if self.buffer_features is None or batch.buffer_index is None:
+                return encode_to_bottleneck(ctx.previous_model, batch.images)
+            current = ~batch.from_buffer
+            fresh = encode_to_bottleneck(ctx.previous_model, batch.images[current])
+            previous = fresh.new_empty((batch.size, *fresh.shape[1:]))
+            previous[current] = fresh
+            previous[batch.from_buffer] = self.buffer_features[batch.buffer_index].to(fresh.dtype)
+            return previous
+
     def _cna(self, ctx: StageContext, batch: Batch, features: torch.Tensor) -> torch.Tensor | None:
         continual = self.config.continual
-        with torch.no_grad():
-            previous = encode_to_bottleneck(ctx.previous_model, batch.images)
+        previous = self._previous_features(ctx, batch)
         current_vectors = reduce_features(features, continual.cna_reduction, continual.cna_pool_size)
         previous_vectors = reduce_features(previous, continual.cna_reduction, continual.cna_pool_size)
         alignment = normalized_hsic(current_vectors, previous_vectors, continual.kernel)

@@ -1,5 +1,6 @@
 """``replay``: experience replay from the bounded buffer, no alignment."""
 
+import numpy as np
 import torch
 
 from dakr.training.strategy import Batch, StageContext, Strategy
@@ -14,9 +15,10 @@ class Replay(Strategy):
     def adapt_batch(self, ctx: StageContext, batch: Batch) -> Batch:
         if ctx.buffer is None or len(ctx.buffer) == 0 or self.config.continual.buffer_batch_size == 0:
             return batch
-        images, labels = ctx.buffer.sample(self.config.continual.buffer_batch_size, ctx.rng)
+        index = ctx.buffer.sample_indices(self.config.continual.buffer_batch_size, ctx.rng)
         return Batch(
-            torch.cat([batch.images, torch.from_numpy(images)]),
-            torch.cat([batch.labels, torch.from_numpy(labels)]),
-            torch.cat([batch.from_buffer, torch.ones(len(images), dtype=torch.bool)]),
+            torch.cat([batch.images, torch.from_numpy(ctx.buffer.images[index])]),
+            torch.cat([batch.labels, torch.from_numpy(ctx.buffer.labels[index].astype(np.int64))]),
+            torch.cat([batch.from_buffer, torch.ones(len(index), dtype=torch.bool)]),
+            torch.from_numpy(index),
         )

@@ -1,0 +1,39 @@
+"""Distributed data-parallel training: a 2-process gloo run on the CPU through torchrun."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dakr.store import Store
+
+from synthetic import TINY_OVERRIDES
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_matches_single_process(tmp_path, synthetic_sites):
+    overrides = {**TINY_OVERRIDES, "train.steps_per_epoch": 12, "train.checkpoint_every": 4}
+    sections: dict = {}
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = value
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(sections))
+    dice = {}
+    for nproc in (1, 2):
+        store_path = tmp_path / f"store{nproc}"
+        store = Store.init(store_path)
+        from dakr.data.site import discover_site
+
+        store.add_site("siteA", discover_site(synthetic_sites["siteA"]))
+        result = subprocess.run(
+            [sys.executable, "-m", "dakr", "adapt", str(store_path), "--site", "siteA", "--strategy", "finetune",
+             "--config", str(config), "--nproc", str(nproc), "--work-dir", str(tmp_path / f"work{nproc}")],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        versions = store.versions()
+        assert len(versions) == 1, "only rank 0 writes a version"
+        dice[nproc] = store.site_dice(versions[0].id, "siteA")
+    assert dice[2] is not None and abs(dice[2] - dice[1]) < 0.25
