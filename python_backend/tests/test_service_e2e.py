@@ -132,7 +132,7 @@ def test_server_killed_mid_training_restarts_with_the_job_interrupted_and_resume
     site = write_site(tmp_path / "A")
     with server(store.path, tmp_path / "server.log") as (client, process):
         assert client.post("/sites/from-path", json={"name": "A", "path": str(site)}).status_code == 201
-        config = {**TINY_CONFIG, "train.steps_per_epoch": 12}
+        config = {**TINY_CONFIG, "train.steps_per_epoch": 80}
         job_id = client.post("/jobs", json={"kind": "adapt", "site": "A", "config": config}).json()["job_id"]
         wait_for(
             lambda: (progress := client.get(f"/jobs/{job_id}").json()["progress"]) and progress["step"] >= 2, 60, "training", 0.05

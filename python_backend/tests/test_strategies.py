@@ -127,3 +127,22 @@ def test_every_strategy_adapts_a_store(registered_store, name):
     assert version.parent == base.id and version.strategy == name
     assert registered_store.site_dice(version.id, "siteA") is not None
     assert registered_store.site_dice(base.id, "siteB") is not None
+
+
+def test_cna_with_cached_buffer_features_equals_a_full_previous_pass():
+    config = apply_overrides(ExperimentConfig(), {**TINY_OVERRIDES, "continual.kernel": "linear"})
+    ctx = _context(config)
+    with torch.no_grad():
+        for parameter in ctx.model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.2)
+    strategy = get_strategy("dakr-cna")(config)
+    strategy.before_stage(ctx)
+    assert strategy.buffer_features is not None and len(strategy.buffer_features) == len(ctx.buffer)
+    batch = _batch(ctx, strategy)
+    assert batch.buffer_index is not None and len(batch.buffer_index) == int(batch.from_buffer.sum())
+    tap = BottleneckTap(ctx.model)
+    logits = ctx.model(batch.images)
+    cached = strategy.extra_losses(ctx, batch, logits, tap.features)["cna"]
+    strategy.buffer_features = None
+    full = strategy.extra_losses(ctx, batch, logits, tap.features)["cna"]
+    assert cached.item() == pytest.approx(full.item(), rel=1e-4, abs=1e-6)

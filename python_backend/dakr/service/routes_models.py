@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -27,17 +28,7 @@ _NOT_FOUND = {404: {"model": ErrorOut, "description": "unknown model version"}}
 
 
 def model_out(version: VersionInfo, dice: dict[str, float]) -> ModelOut:
-    return ModelOut(
-        id=version.id,
-        parent=version.parent,
-        site=version.site,
-        strategy=version.strategy,
-        created=version.created,
-        seed=version.seed,
-        config=version.config,
-        active=version.active,
-        dice=dice,
-    )
+    return ModelOut(**asdict(version), dice=dice)
 
 
 def _dice_by_version(context: ServiceContext) -> dict[int, dict[str, float]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -33,15 +34,7 @@ _REGISTER_ERRORS = {
 
 
 def site_out(info: SiteInfo) -> SiteOut:
-    return SiteOut(
-        name=info.name,
-        n_train=info.n_train,
-        n_audit=info.n_audit,
-        purged=info.purged,
-        created=info.created,
-        split_seed=info.split_seed,
-        audit_fraction=info.audit_fraction,
-    )
+    return SiteOut(**asdict(info))
 
 
 def _require_new_site(store: Store, name: str) -> None:
