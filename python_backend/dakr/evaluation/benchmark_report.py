@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 def write_benchmark_outputs(results: dict[str, Any], out: Path) -> None:
     """Write ``results.md``, ``accuracy_matrices.png`` and ``final_dice.png`` into ``out``."""
-    (out / "results.md").write_text(markdown_table(results))
+    (out / "results.md").write_text(markdown_table(results) + "\n" + targets_section(results))
     plot_accuracy_matrices(results, out / "accuracy_matrices.png")
     plot_final_dice(results, out / "final_dice.png")
 
@@ -36,6 +36,43 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"| {name} | {row['acc']:.1f} ± {row['acc_std']:.1f} | {row['bwt']:.1f} ± {row['bwt_std']:.1f} | "
             f"{row['forgetting']:.1f} | {row['fwt']:.1f} | {row['seconds_per_step']:.3f} | {ratio} | {row['peak_rss_mb']:.0f} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def target_checks(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """The product's benchmark targets as (target, measured, met) rows; targets need ``dakr`` in the results."""
+    rows = results["strategies"]
+    if "dakr" not in rows:
+        return []
+    dakr = rows["dakr"]
+    checks = []
+    if "finetune" in rows:
+        value = rows["finetune"]["bwt"]
+        checks.append(("finetune BWT ≤ −5 (forgetting is real)", f"{value:.1f}", value <= -5))
+    for name in ("replay", "ewc", "lwf", "finetune"):
+        if name in rows:
+            other = rows[name]
+            checks.append((
+                f"dakr beats {name} on ACC and BWT",
+                f"ACC {dakr['acc']:.1f} vs {other['acc']:.1f}, BWT {dakr['bwt']:.1f} vs {other['bwt']:.1f}",
+                dakr["acc"] > other["acc"] and dakr["bwt"] > other["bwt"],
+            ))
+    if "joint" in rows:
+        gap = rows["joint"]["acc"] - dakr["acc"]
+        checks.append(("dakr ACC within 2 points of joint", f"{dakr['acc']:.1f} vs {rows['joint']['acc']:.1f}", gap <= 2))
+    if "replay" in rows:
+        ratio = dakr["seconds_per_step"] / rows["replay"]["seconds_per_step"]
+        checks.append(("dakr seconds/step ≤ 1.3 × replay", f"{ratio:.2f}×", ratio <= 1.3))
+    return checks
+
+
+def targets_section(results: dict[str, Any]) -> str:
+    """Markdown list of :func:`target_checks`."""
+    checks = target_checks(results)
+    if not checks:
+        return ""
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {target} | {measured} | {'yes' if met else '**no**'} |" for target, measured, met in checks]
     return "\n".join(lines) + "\n"
 
 
