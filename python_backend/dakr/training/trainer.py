@@ -22,7 +22,7 @@ import torch.distributed as dist
 from monai.losses import DiceCELoss
 from torch import nn
 
-from dakr.nets.factory import BottleneckTap
+from dakr.nets.factory import BottleneckTap, unwrap
 from dakr.progress import ProgressCallback, ProgressEvent, null_progress
 from dakr.training.strategy import Batch, StageContext, Strategy
 
@@ -105,7 +105,7 @@ class Trainer:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "step": self.step,
-            "model": _unwrapped(self.ctx.model).state_dict(),
+            "model": unwrap(self.ctx.model).state_dict(),
             "extra_modules": self.extra_modules.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -121,7 +121,7 @@ class Trainer:
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             return False
         state = torch.load(self.checkpoint_path, map_location=self.ctx.device, weights_only=True)
-        _unwrapped(self.ctx.model).load_state_dict(state["model"])
+        unwrap(self.ctx.model).load_state_dict(state["model"])
         self.extra_modules.load_state_dict(state["extra_modules"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -198,10 +198,6 @@ class Trainer:
                 message=f"site {self.ctx.site}, lr {self.scheduler.get_last_lr()[0]:.2e}",
             )
         )
-
-
-def _unwrapped(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _average_extra_gradients(modules: nn.Module) -> None:

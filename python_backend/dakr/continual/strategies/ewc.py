@@ -8,9 +8,13 @@ parent version; the parameters at that point are the anchor. The penalty is
 
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
+from dakr.config import ExperimentConfig
 from dakr.nets.factory import unwrap
 from dakr.training.strategy import Batch, StageContext, Strategy
 
@@ -24,7 +28,7 @@ class EWC(Strategy):
     name = "ewc"
     description = "elastic weight consolidation (diagonal Fisher)"
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: ExperimentConfig) -> None:
         super().__init__(config)
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
@@ -60,7 +64,9 @@ class EWC(Strategy):
         }
 
 
-def _fisher(model: torch.nn.Module, draw, ctx: StageContext) -> dict[str, torch.Tensor]:
+def _fisher(
+    model: torch.nn.Module, draw: Callable[[int], tuple[np.ndarray, np.ndarray]], ctx: StageContext
+) -> dict[str, torch.Tensor]:
     """Empirical diagonal Fisher (mean squared gradient of Dice+CE), normalised to mean 1."""
     net = unwrap(model)
     was_training = net.training
