@@ -133,7 +133,8 @@ def test_openapi_schema_documents_every_route_with_response_models(store: Store)
     assert job["$ref"].endswith("/JobOut")
     conflict = schema["paths"][f"{API}/jobs"]["post"]["responses"]["409"]["content"]["application/json"]["schema"]
     assert conflict["$ref"].endswith("/ConflictOut")
-    assert {"InfoOut", "SiteOut", "ModelOut", "MatrixOut", "EventsOut", "ProgressOut"} <= set(schema["components"]["schemas"])
+    assert {"InfoOut", "SiteOut", "ModelOut", "MatrixOut", "EventsOut", "ProgressEvent"} <= set(schema["components"]["schemas"])
+    assert {"stage", "step", "total", "losses", "eta_s"} <= set(schema["components"]["schemas"]["ProgressEvent"]["properties"])
 
 
 # -- security ------------------------------------------------------------------------------------

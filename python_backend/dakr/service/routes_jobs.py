@@ -11,7 +11,7 @@ from dakr.continual.strategies import get_strategy
 from dakr.progress import read_events
 from dakr.service.context import ServiceContext, get_context, job_or_404
 from dakr.service.job_files import EVENTS_FILE, LOG_FILE, last_event, tail_lines
-from dakr.service.schemas import AdaptJobIn, ConflictOut, ErrorOut, EventsOut, JobCreatedOut, JobOut, LogOut, ProgressOut
+from dakr.service.schemas import AdaptJobIn, ConflictOut, ErrorOut, EventsOut, JobCreatedOut, JobOut, LogOut
 from dakr.service.security import safe_name
 from dakr.store import JobRecord, Store, StoreError
 
@@ -28,7 +28,7 @@ def job_out(store: Store, job: JobRecord) -> JobOut:
         kind=job.kind,
         state=job.state,
         params=job.params,
-        progress=ProgressOut(**event.to_dict()) if event else None,
+        progress=event,
         created=job.created,
         updated=job.updated,
         error=job.error,
@@ -78,7 +78,7 @@ def get_job(job_id: str, context: ServiceContext = Depends(get_context)) -> JobO
 def job_events(job_id: str, since: Annotated[int, Query(ge=0)] = 0, context: ServiceContext = Depends(get_context)) -> EventsOut:
     job_or_404(context.store, job_id)
     events = read_events(context.store.job_dir(job_id) / EVENTS_FILE, since)
-    return EventsOut(events=[ProgressOut(**event.to_dict()) for event in events], next=since + len(events))
+    return EventsOut(events=events, next=since + len(events))
 
 
 @router.get("/jobs/{job_id}/log", response_model=LogOut, responses=_NOT_FOUND, summary="The last lines of the worker's log")

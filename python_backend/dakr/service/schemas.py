@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from dakr.progress import ProgressEvent
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 
 
@@ -76,27 +78,12 @@ class JobCreatedOut(BaseModel):
     job_id: str
 
 
-class ProgressOut(BaseModel):
-    """One progress event of a job (see ``dakr.progress.ProgressEvent``)."""
-
-    stage: str
-    step: int = 0
-    total: int = 0
-    epoch: int = 0
-    epochs: int = 0
-    losses: dict[str, float] = Field(default_factory=dict)
-    throughput: float = 0.0
-    eta_s: float | None = None
-    message: str = ""
-    time: float
-
-
 class JobOut(BaseModel):
     id: str
     kind: str
     state: JobState
     params: dict[str, Any]
-    progress: ProgressOut | None
+    progress: ProgressEvent | None
     created: str
     updated: str
     error: str | None
@@ -105,7 +92,7 @@ class JobOut(BaseModel):
 
 
 class EventsOut(BaseModel):
-    events: list[ProgressOut]
+    events: list[ProgressEvent]
     #: Pass as ``since`` to get only newer events.
     next: int
 
