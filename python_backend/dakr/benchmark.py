@@ -172,9 +172,8 @@ def measure_step_seconds(store_dir: str, site: str, overrides: dict[str, Any], s
     import torch
 
     from dakr.continual.buffer import ReplayBuffer
-    from dakr.data.sampling import PatchSampler
     from dakr.inference import default_device
-    from dakr.pipeline import build_model, label_values, training_cases
+    from dakr.pipeline import build_model, label_values, training_sampler
     from dakr.store import Store
     from dakr.training import StageContext, Trainer
 
@@ -185,10 +184,7 @@ def measure_step_seconds(store_dir: str, site: str, overrides: dict[str, Any], s
     )
     values = label_values(store)
     device = default_device()
-    sampler = PatchSampler(
-        training_cases(store, [site], config, values), tuple(config.net.patch_size), config.net.spatial_dims,
-        config.train.foreground_oversample,
-    )
+    sampler = training_sampler(store, [site], config, values)
     buffer = ReplayBuffer.from_arrays(store.load_buffer(base.id))
     tensors = store.load_tensors(base.id)
     durations: dict[str, list[float]] = {name: [] for name in strategies}

@@ -118,6 +118,16 @@ def training_cases(store: Store, sites: list[str], config: ExperimentConfig, val
     return cases
 
 
+def training_sampler(store: Store, sites: list[str], config: ExperimentConfig, values: list[int]) -> PatchSampler:
+    """A patch sampler over the training cases of ``sites`` with the config's patch size and oversampling."""
+    return PatchSampler(
+        training_cases(store, sites, config, values),
+        tuple(config.net.patch_size),
+        config.net.spatial_dims,
+        config.train.foreground_oversample,
+    )
+
+
 # -- adapt ---------------------------------------------------------------------------------------
 def adapt(
     store: Store,
@@ -154,12 +164,7 @@ def adapt(
     past_sites = list(dict.fromkeys(v.site for v in chain))
     method = strategy_cls(config)
     train_sites = method.training_sites(site, past_sites)
-    sampler = PatchSampler(
-        training_cases(store, train_sites, config, values),
-        tuple(config.net.patch_size),
-        config.net.spatial_dims,
-        config.train.foreground_oversample,
-    )
+    sampler = training_sampler(store, train_sites, config, values)
     previous = _frozen_copy(model) if parent is not None and method.needs_previous_model else None
     stored_buffer = store.load_buffer(parent.id) if parent else None
     buffer = ReplayBuffer.from_arrays(stored_buffer) if stored_buffer else ReplayBuffer.empty(tuple(config.net.patch_size))
@@ -182,10 +187,7 @@ def adapt(
     if not is_main_process():
         return None
     progress(ProgressEvent(stage="buffer", message="updating the replay buffer"))
-    site_sampler = sampler if train_sites == [site] else PatchSampler(
-        training_cases(store, [site], config, values), tuple(config.net.patch_size), config.net.spatial_dims,
-        config.train.foreground_oversample,
-    )
+    site_sampler = sampler if train_sites == [site] else training_sampler(store, [site], config, values)
     new_buffer = update_buffer(buffer, site, site_sampler, config.continual, seeded_rng(config.train.seed, ctx.stage, purpose=1), model)
     tensors = {NETWORK_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()}
     tensors.update({STRATEGY_PREFIX + k: v for k, v in method.state_tensors().items()})

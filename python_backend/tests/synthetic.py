@@ -63,3 +63,13 @@ TINY_OVERRIDES = {
     "continual.buffer_samples": 8,
     "continual.buffer_batch_size": 4,
 }
+
+
+def write_config(path: Path, overrides: dict) -> Path:
+    """Write dotted ``overrides`` as a nested JSON config file (the form ``dakr adapt --config`` reads)."""
+    sections: dict = {}
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        sections.setdefault(section, {})[name] = value
+    path.write_text(json.dumps(sections))
+    return path

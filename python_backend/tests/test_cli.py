@@ -1,12 +1,10 @@
 """The ``dakr`` command line: help on every verb, one clear line and a non-zero exit on errors."""
 
-import json
-
 import pytest
 
 from dakr.cli import build_parser, main
 
-from synthetic import TINY_OVERRIDES
+from synthetic import TINY_OVERRIDES, write_config
 
 VERBS = ["init", "site add", "site list", "adapt", "evaluate", "models", "rollback", "predict", "demo", "report", "benchmark", "serve"]
 
@@ -43,12 +41,7 @@ def test_bad_site_is_rejected_with_every_problem(tmp_path, capsys, synthetic_sit
 @pytest.mark.slow
 def test_cli_workflow(tmp_path, capsys, synthetic_sites):
     store = str(tmp_path / "store")
-    config = tmp_path / "tiny.json"
-    sections: dict = {}
-    for key, value in TINY_OVERRIDES.items():
-        section, name = key.split(".")
-        sections.setdefault(section, {})[name] = value
-    config.write_text(json.dumps(sections))
+    config = write_config(tmp_path / "tiny.json", TINY_OVERRIDES)
     assert main(["init", store]) == 0
     for name in ("siteA", "siteB"):
         assert main(["site", "add", store, name, str(synthetic_sites[name])]) == 0

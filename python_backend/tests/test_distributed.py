@@ -1,6 +1,5 @@
 """Distributed data-parallel training: a 2-process gloo run on the CPU through torchrun."""
 
-import json
 import subprocess
 import sys
 
@@ -8,18 +7,13 @@ import pytest
 
 from dakr.store import Store
 
-from synthetic import TINY_OVERRIDES
+from synthetic import TINY_OVERRIDES, write_config
 
 
 @pytest.mark.slow
 def test_two_process_gloo_run_matches_single_process(tmp_path, synthetic_sites):
     overrides = {**TINY_OVERRIDES, "train.steps_per_epoch": 12, "train.checkpoint_every": 4}
-    sections: dict = {}
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        sections.setdefault(section, {})[name] = value
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(sections))
+    config = write_config(tmp_path / "tiny.json", overrides)
     dice = {}
     for nproc in (1, 2):
         store_path = tmp_path / f"store{nproc}"
