@@ -24,9 +24,9 @@ from typing import Any
 
 from dakr import pipeline
 from dakr.progress import ConsoleProgress, JsonLinesProgress, ProgressCallback, ProgressEvent
+from dakr.resume import has_checkpoint
 from dakr.service import processes
 from dakr.service.job_files import ATTEMPTS_FILE, EVENTS_FILE, WORK_DIR
-from dakr.resume import has_checkpoint
 from dakr.store import JobRecord, Store, StoreError
 from dakr.store.runs import activation_summary
 from dakr.training import TrainingCancelled
