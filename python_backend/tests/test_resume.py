@@ -42,21 +42,6 @@ def tiny_version(store, parent, run_id=None):
     ).id
 
 
-# -- checkpoint content ---------------------------------------------------------------------------
-@pytest.mark.slow
-def test_checkpoint_records_the_job_and_whether_training_finished(registered_store, tmp_path):
-    store, work = registered_store, tmp_path / "work"
-    base = adapt(store, "siteA", strategy="finetune", overrides=TINY_OVERRIDES)
-    interrupted_run(store, "siteB", work)
-    saved = read_saved_run(work)
-    assert not saved.finished and saved.version is None
-    record = saved.record
-    assert (record.site, record.strategy, record.parent, record.seed, record.job_id) == ("siteB", "finetune", base.id, 0, None)
-    assert record.store_name == "store" and len(record.config_hash) == 12
-    assert record.config["train.steps_per_epoch"] == 6
-    assert not list(work.glob("*.tmp")), "the checkpoint is written through a temp file that is renamed away"
-
-
 # -- resume after a rollback ----------------------------------------------------------------------
 @pytest.mark.slow
 def test_resume_after_rollback_records_the_true_parent_and_keeps_the_rollback(registered_store, tmp_path):
@@ -132,6 +117,12 @@ def test_a_finished_checkpoint_never_yields_a_second_version(registered_store, t
 def test_resume_refuses_another_jobs_checkpoint_naming_both(registered_store, tmp_path):
     store, work = registered_store, tmp_path / "work"
     interrupted_run(store, "siteA", work)
+    saved = read_saved_run(work)
+    assert not saved.finished and saved.version is None
+    record = saved.record
+    assert (record.site, record.strategy, record.parent, record.seed, record.job_id) == ("siteA", "finetune", None, 0, None)
+    assert record.store_name == "store" and len(record.config_hash) == 12 and record.config["train.steps_per_epoch"] == 6
+    assert not list(work.glob("*.tmp")), "the checkpoint is written through a temp file that is renamed away"
     with pytest.raises(ResumeError) as refused:
         adapt(store, "siteB", strategy="finetune", overrides=LONGER, work_dir=work, resume=True)
     message = str(refused.value)
