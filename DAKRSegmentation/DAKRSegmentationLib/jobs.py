@@ -52,7 +52,10 @@ class JobUpdate:
     def status_text(self) -> str:
         """One line for the progress label: state, stage, epoch, step, ETA."""
         if self.state == "succeeded":
-            version = (self.result or {}).get("version")
+            result = self.result or {}
+            if result.get("active") is False:
+                return f"Finished: {result.get('activation')}"
+            version = result.get("version")
             return f"Finished: version {version} is active." if version is not None else "Finished."
         if self.state == "failed":
             return f"Failed: {self.error or 'see the log'}"

@@ -178,6 +178,14 @@ def test_job_monitor_asks_only_for_new_events_and_reports_progress(fake) -> None
     assert [r.query["since"] for r in server.requests if r.path.endswith("/events")] == [["0"], ["2"], ["2"]]
 
 
+def test_a_version_left_inactive_is_not_called_active() -> None:
+    from DAKRSegmentationLib.jobs import JobUpdate
+
+    note = "version 3 was stored but NOT activated: the active version was changed to 1 meanwhile"
+    update = JobUpdate("j", "succeeded", result={"version": 3, "active": False, "activation": note})
+    assert update.status_text == f"Finished: {note}"
+
+
 def test_interrupted_job_is_resumable_and_says_so() -> None:
     from DAKRSegmentationLib.jobs import JobUpdate
 

@@ -90,7 +90,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     finally:
         shutdown()
     if version is not None:
-        print(f"version {version.id} ({version.strategy} on {version.site}, parent {version.parent}) is now active")
+        from dakr.store.runs import activation_summary
+
+        print(activation_summary(store, version))
         _print_matrix(store)
     return 0
 
@@ -216,8 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--strategy", default="dakr", choices=list(STRATEGIES), help="continual-learning strategy (default dakr)")
     sub.add_argument("--config", help="JSON config file (partial files are merged over the defaults)")
     sub.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.epochs=2 (repeatable)")
-    sub.add_argument("--work-dir", help="checkpoint folder (enables --resume)")
-    sub.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
+    sub.add_argument("--work-dir", help="checkpoint folder; its checkpoint records the job it belongs to (enables --resume)")
+    sub.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the job whose checkpoint is in --work-dir, from the parent version it recorded",
+    )
     sub.add_argument("--nproc", type=int, default=1, help="processes for distributed data-parallel training (torchrun)")
 
     sub = verb("evaluate", cmd_evaluate, "evaluate versions on every site's audit cases and print the Dice table")

@@ -4,7 +4,7 @@ These functions are what the CLI, the worker processes of the HTTP service and t
 call. ``adapt`` implements the data flow of "Adapt to new site": load the active version, its
 buffer and the new site's training cases, train one stage with a strategy, update the buffer,
 register the new version, evaluate it and its parent on every site's audit cases, and activate
-it.
+it if the active version is still its parent.
 """
 
 from __future__ import annotations
@@ -31,8 +31,19 @@ from dakr.evaluation.metrics import dice_per_class, hd95_per_class
 from dakr.inference import default_device, predict_volume
 from dakr.nets.factory import build_network
 from dakr.progress import ProgressCallback, ProgressEvent, null_progress
+from dakr.resume import (
+    RunRecord,
+    mark_done,
+    new_run,
+    recorded_parent,
+    refuse_unfinished_run,
+    require_same_job,
+    saved_run_to_resume,
+    stored_version,
+)
 from dakr.store import EvaluationRecord, Store, StoreError, VersionInfo
-from dakr.training.strategy import StageContext
+from dakr.store.runs import activate_if_parent_still_active
+from dakr.training.strategy import StageContext, Strategy
 from dakr.training.trainer import Trainer, is_main_process, seeded_rng
 
 NETWORK_PREFIX = "net."
@@ -141,29 +152,74 @@ def adapt(
     should_stop: Callable[[], bool] | None = None,
     device: torch.device | None = None,
     activate: bool = True,
+    job_id: str | None = None,
 ) -> VersionInfo | None:
     """Train a new version on ``site`` from the active version (the base model when there is none).
 
     Returns the new version (``None`` on non-zero ranks of a distributed run, which never write
-    to the store). Raises :class:`~dakr.training.TrainingCancelled` when ``should_stop`` fires;
-    with the same ``work_dir`` and ``resume=True`` the run continues from its checkpoint.
+    to the store). Raises :class:`~dakr.training.TrainingCancelled` when ``should_stop`` fires.
+    The checkpoints in ``work_dir`` record the job (``job_id`` for a service job); with
+    ``resume=True`` the run continues from its checkpoint and its recorded parent, or finishes
+    the version it already stored (:mod:`dakr.resume`). The new version is activated only if
+    the active version is still its parent (:func:`~dakr.store.runs.activate_if_parent_still_active`).
     """
     site_info = store.site(site)
     if site_info.purged:
         raise StoreError(f"site {site!r} was purged; its images are gone. Fix: register the site again under a new name")
     device = device or default_device()
-    parent = store.active_version()
+    if resume:
+        saved = saved_run_to_resume(store, work_dir)
+        parent = recorded_parent(store, saved, work_dir)
+    else:
+        if is_main_process():  # other ranks may already see the first checkpoint rank 0 wrote for this run
+            refuse_unfinished_run(work_dir)
+        saved, parent = None, store.active_version()
     strategy_cls = get_strategy(strategy)
     config = stage_config(store, parent, overrides)
+    run = new_run(store, site=site, strategy=strategy, parent=parent, config=config, job_id=job_id)
+    if saved is not None:
+        run = require_same_job(saved, run, work_dir)
+    chain = lineage(store, parent)
+    version_id = stored_version(store, saved, work_dir) if saved is not None else None
+    if version_id is None:
+        version_id = _train_and_store(
+            store, run, parent, chain, config, strategy_cls, progress, work_dir, resume, should_stop, device
+        )
+    else:
+        progress(ProgressEvent(stage="resume", message=f"this run already stored version {version_id}; finishing it"))
+    if not is_main_process():
+        return None
+    if work_dir is not None:
+        mark_done(work_dir, run, version_id)
+    for evaluated in [version_id, *[v.id for v in chain[:1]], *([parent.id] if parent else [])]:
+        evaluate_version(store, evaluated, progress=progress, only_missing=True, device=device)
+    if activate:
+        progress(ProgressEvent(stage="activate", message=activate_if_parent_still_active(store, version_id, run.parent).message))
+    return store.version(version_id)
+
+
+def _train_and_store(
+    store: Store,
+    run: RunRecord,
+    parent: VersionInfo | None,
+    chain: list[VersionInfo],
+    config: ExperimentConfig,
+    strategy_cls: type[Strategy],
+    progress: ProgressCallback,
+    work_dir: str | Path | None,
+    resume: bool,
+    should_stop: Callable[[], bool] | None,
+    device: torch.device,
+) -> int | None:
+    """Train one stage of ``run`` and store its version (inactive); returns its id (``None`` off rank 0)."""
     set_determinism(seed=config.train.seed)
     values = label_values(store)
     parent_tensors = store.load_tensors(parent.id) if parent else None
     # Built before the strategy so that every strategy starts from the same initial network.
     model = build_model(config, len(values), parent_tensors, device)
-    chain = lineage(store, parent)
-    past_sites = list(dict.fromkeys(v.site for v in chain))
     method = strategy_cls(config)
-    train_sites = method.training_sites(site, past_sites)
+    past_sites = list(dict.fromkeys(v.site for v in chain))
+    train_sites = method.training_sites(run.site, past_sites)
     sampler = training_sampler(store, train_sites, config, values)
     previous = _frozen_copy(model) if parent is not None and method.needs_previous_model else None
     stored_buffer = store.load_buffer(parent.id) if parent else None
@@ -178,32 +234,32 @@ def adapt(
         device=device,
         rng=seeded_rng(config.train.seed, len(chain) + 1),
         stage=len(chain) + 1,
-        site=site,
+        site=run.site,
         previous_model=previous,
         buffer=buffer if parent is not None else None,
         inherited_state=inherited,
     )
-    Trainer(ctx, method, progress=progress, checkpoint_dir=work_dir, should_stop=should_stop).fit(resume=resume)
+    trainer = Trainer(ctx, method, progress=progress, checkpoint_dir=work_dir, should_stop=should_stop, run=run.to_dict())
+    trainer.fit(resume=resume)
     if not is_main_process():
         return None
     progress(ProgressEvent(stage="buffer", message="updating the replay buffer"))
-    site_sampler = sampler if train_sites == [site] else training_sampler(store, [site], config, values)
-    new_buffer = update_buffer(buffer, site, site_sampler, config.continual, seeded_rng(config.train.seed, ctx.stage, purpose=1), model)
+    site_sampler = sampler if train_sites == [run.site] else training_sampler(store, [run.site], config, values)
+    new_buffer = update_buffer(buffer, run.site, site_sampler, config.continual, seeded_rng(config.train.seed, ctx.stage, purpose=1), model)
     tensors = {NETWORK_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()}
     tensors.update({STRATEGY_PREFIX + k: v for k, v in method.state_tensors().items()})
-    version = store.add_version(
-        parent=parent.id if parent else None,
-        site=site,
-        strategy=strategy,
+    return store.add_version(
+        parent=run.parent,
+        site=run.site,
+        strategy=run.strategy,
         config=config.to_dict(),
         seed=config.train.seed,
         tensors=tensors,
         buffer=new_buffer.to_arrays(),
         activate=False,
-    )
-    for evaluated in [version, *chain[:1], *([parent] if parent else [])]:
-        evaluate_version(store, evaluated.id, progress=progress, only_missing=evaluated.id != version.id, device=device)
-    return store.activate(version.id) if activate else store.version(version.id)
+        run_id=run.run_id,
+        job_id=run.job_id,
+    ).id
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:

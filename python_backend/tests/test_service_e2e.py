@@ -95,11 +95,11 @@ def test_register_adapt_follow_matrix_rollback_predict(tmp_path: Path) -> None:
         events = follow_events(client, first.json()["job_id"])
         steps = [event["step"] for event in events if event["stage"] == "train"]
         assert steps == [1, 2, 3] and "evaluate" in {event["stage"] for event in events}
-        assert client.get(f"/jobs/{first.json()['job_id']}").json()["result"] == {"version": 1}
+        assert client.get(f"/jobs/{first.json()['job_id']}").json()["result"]["version"] == 1
 
         second = client.post("/jobs", json={"kind": "adapt", "site": "B", "config": {"train.steps_per_epoch": 2}})
         job = wait_until_final(client, second.json()["job_id"])
-        assert job["state"] == "succeeded" and job["result"] == {"version": 2}, job
+        assert job["state"] == "succeeded" and job["result"]["version"] == 2 and job["result"]["active"], job
 
         matrix = client.get("/evaluation/matrix").json()
         assert (matrix["versions"], matrix["sites"]) == ([1, 2], ["A", "B"])
@@ -153,7 +153,7 @@ def test_server_killed_mid_training_restarts_with_the_job_interrupted_and_resume
         assert resumed.status_code == 202, resumed.text
         job = wait_until_final(client, job_id)
         assert job["state"] == "succeeded", (job, client.get(f"/jobs/{job_id}/log").json())
-        assert job["result"] == {"version": 1}
+        assert job["result"]["version"] == 1 and job["result"]["active"]
         assert client.get("/info").json()["active_version"] == 1
 
 

@@ -78,7 +78,7 @@ def test_adapt_job_runs_in_a_worker_and_registers_a_version(client: TestClient, 
     assert second.status_code == 409 and second.json()["job_id"] == job_id
     job = wait_until_final(client, job_id)
     assert job["state"] == "succeeded", (job, client.get(f"{API}/jobs/{job_id}/log").json())
-    assert job["result"] == {"version": 1}
+    assert job["result"]["version"] == 1 and job["result"]["active"] and "is now active" in job["result"]["activation"]
     assert train_steps(client, job_id) == [1, 2, 3]
     stages = {event["stage"] for event in client.get(f"{API}/jobs/{job_id}/events").json()["events"]}
     assert {"train", "buffer", "evaluate"} <= stages
@@ -127,7 +127,7 @@ def test_sigkill_mid_training_keeps_the_store_consistent_and_resume_completes(cl
     assert resumed.status_code == 202 and resumed.json()["state"] in ("queued", "running")
     job = wait_until_final(client, job_id)
     assert job["state"] == "succeeded", (job, client.get(f"{API}/jobs/{job_id}/log").json())
-    assert job["result"] == {"version": 2} and job["error"] is None
+    assert job["result"]["version"] == 2 and job["result"]["active"] and job["error"] is None
     after = train_steps(client, job_id, since=events_before)
     assert after[0] >= killed_at and after[-1] == 12, after
     assert store.version(2).parent == 1

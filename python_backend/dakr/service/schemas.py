@@ -87,7 +87,9 @@ class JobOut(BaseModel):
     created: str
     updated: str
     error: str | None
-    #: ``{"version": id}`` for adapt jobs; evaluate jobs add ``"dice": {site: mean Dice}``.
+    #: Adapt jobs: ``{"version": id, "active": bool, "activation": one line}``; a version is activated only if
+    #: the active version was still its parent, otherwise ``activation`` says why not and how to activate it.
+    #: Evaluate jobs: ``{"version": id, "dice": {site: mean Dice}}``.
     result: dict[str, Any] | None
 
 

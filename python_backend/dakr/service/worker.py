@@ -5,7 +5,9 @@ killing it at any moment leaves the store consistent. It records its own outcome
 (``succeeded``, ``failed``, ``cancelled`` or ``interrupted``) in the store. SIGTERM (CTRL_BREAK
 on Windows) asks it to stop: training checkpoints and stops at the next step; evaluation
 stops at once. If the server that started it goes away, training checkpoints and stops too,
-so no orphan keeps the GPU busy; the restarted server can resume the job.
+so no orphan keeps the GPU busy; the restarted server can resume the job. A resumed adapt job
+continues from its own checkpoint and recorded parent, or finishes the version it already stored
+(:mod:`dakr.resume`); it never stores a second one.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from typing import Any
 
 from dakr import pipeline
 from dakr.progress import ConsoleProgress, JsonLinesProgress, ProgressCallback, ProgressEvent
+from dakr.resume import has_checkpoint
 from dakr.service import processes
 from dakr.service.job_files import ATTEMPTS_FILE, EVENTS_FILE, WORK_DIR
 from dakr.store import JobRecord, Store, StoreError
+from dakr.store.runs import activation_summary
 from dakr.training import TrainingCancelled
 
 log = logging.getLogger("dakr.worker")
@@ -80,11 +84,13 @@ def worker_main(store_path: str | Path, job_id: str) -> int:
         log.error("%s", exc)
         return 2
     job_dir = store.job_dir(job_id)
-    resume = _record_attempt(job_dir)
+    ran_before = _record_attempt(job_dir)
+    resume = has_checkpoint(job_dir / WORK_DIR)
     stop = StopRequest(cooperative=job.kind == "adapt")
     stop.install()
     store.update_job(job_id, state="running", pid=os.getpid(), error=None)
-    log.info("job %s (%s) %s with params %s", job_id, job.kind, "resumed" if resume else "started", job.params)
+    how = "resumed from its checkpoint" if resume else "started again (no checkpoint yet)" if ran_before else "started"
+    log.info("job %s (%s) %s with params %s", job_id, job.kind, how, job.params)
     progress = _progress(job_dir / EVENTS_FILE)
     try:
         result = _run(store, job, progress, job_dir / WORK_DIR, resume, stop)
@@ -117,8 +123,9 @@ def _run(
             work_dir=work_dir,
             resume=resume,
             should_stop=stop.is_set,
+            job_id=job.id,
         )
-        return {"version": version.id}
+        return {"version": version.id, "active": version.active, "activation": activation_summary(store, version)}
     if job.kind == "evaluate":
         dice = pipeline.evaluate_version(store, params["version"], progress=progress)
         return {"version": params["version"], "dice": {site: value for site, value in dice.items() if value is not None}}
@@ -126,7 +133,7 @@ def _run(
 
 
 def _record_attempt(job_dir: Path) -> bool:
-    """Count this start of the job; returns whether it ran before (and so must resume)."""
+    """Count this start of the job; returns whether it ran before."""
     attempts = job_dir / ATTEMPTS_FILE
     ran_before = attempts.exists() and bool(attempts.read_text(encoding="utf-8").strip())
     with attempts.open("a", encoding="utf-8") as handle:

@@ -76,6 +76,18 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     pid INTEGER
 );
+CREATE TABLE IF NOT EXISTS store_identity (
+    slot INTEGER PRIMARY KEY CHECK (slot = 1),
+    id TEXT NOT NULL
+);
+INSERT OR IGNORE INTO store_identity (slot, id) VALUES (1, lower(hex(randomblob(16))));
+CREATE TABLE IF NOT EXISTS version_runs (
+    version INTEGER PRIMARY KEY REFERENCES versions(id),
+    run_id TEXT NOT NULL UNIQUE,
+    job_id TEXT,
+    activation TEXT CHECK (activation IN ('activated', 'kept_inactive')),
+    active_at_decision INTEGER
+);
 """
 
 

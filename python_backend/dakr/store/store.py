@@ -73,6 +73,7 @@ from dakr.store.records import (
     VersionInfo,
     now_iso,
 )
+from dakr.store.runs import insert_version_run
 from dakr.store.schema import DB_NAME, check_schema, connect, create_schema, dump_json, load_json, transaction
 from dakr.store.sites import IMAGE_FILE, LABEL_FILE, check_audit_fraction, copy_cases, frozen_split
 
@@ -252,11 +253,14 @@ class Store:
         tensors: dict[str, torch.Tensor],
         buffer: dict[str, np.ndarray] | None,
         activate: bool = True,
+        run_id: str | None = None,
+        job_id: str | None = None,
     ) -> VersionInfo:
         """Store a new immutable model version (ids 1, 2, ...) and, by default, make it active.
 
-        Buffer samples of purged sites are dropped. A failure at any point leaves the store
-        as it was.
+        ``run_id`` names the training run that produced it (and ``job_id`` its service job); a run
+        stores one version only (see :mod:`dakr.store.runs`). Buffer samples of purged sites are
+        dropped. A failure at any point leaves the store as it was.
         """
         config_json = _json_or_error(config, "config")
         _check_tensors(tensors)
@@ -275,6 +279,8 @@ class Store:
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (version_id, parent, site, strategy, config_json, seed, now_iso()),
                 )
+                if run_id is not None:
+                    insert_version_run(conn, version_id, run_id, job_id)
                 if activate:
                     set_active(conn, version_id)
                 move_into_place(temp, self._version_path(version_id))

@@ -3,18 +3,19 @@
 The loop is step based (``epochs × steps_per_epoch`` optimiser steps). Each step samples a batch
 from the stage's training data, lets the strategy adapt it (replay), runs one forward pass whose
 bottleneck features are captured by a hook, adds the strategy's extra losses to Dice + CE, and
-steps the optimiser and the learning-rate schedule. Every ``checkpoint_every`` steps the full
-state (model, strategy modules, optimiser, scheduler, step, RNG states) is written atomically so
-that a resumed run continues exactly where the schedule was.
+steps the optimiser and the learning-rate schedule. A checkpoint with the full state (model,
+strategy modules, optimiser, scheduler, step, RNG states, the run it belongs to and whether
+training finished) is written before the first step, every ``checkpoint_every`` steps, on a stop
+and after the last step, so that a resumed run continues exactly where the schedule was.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -24,9 +25,8 @@ from torch import nn
 
 from dakr.nets.factory import BottleneckTap, unwrap
 from dakr.progress import ProgressCallback, ProgressEvent, null_progress
+from dakr.training.checkpoint import checkpoint_file, read_checkpoint, write_checkpoint
 from dakr.training.strategy import Batch, StageContext, Strategy
-
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class TrainingCancelled(RuntimeError):
@@ -66,6 +66,7 @@ class Trainer:
         checkpoint_dir: where resumable checkpoints are written (``None``: no checkpoints).
         should_stop: polled every step; when it returns True the trainer checkpoints and raises
             :class:`TrainingCancelled`.
+        run: JSON-compatible description of the run, recorded in every checkpoint.
     """
 
     def __init__(
@@ -76,12 +77,14 @@ class Trainer:
         progress: ProgressCallback = null_progress,
         checkpoint_dir: str | Path | None = None,
         should_stop: Callable[[], bool] | None = None,
+        run: Mapping[str, Any] | None = None,
     ) -> None:
         self.ctx = ctx
         self.strategy = strategy
         self.progress = progress
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.should_stop = should_stop or (lambda: False)
+        self.run = json.dumps(dict(run or {}))
         train = ctx.config.train
         self.total_steps = train.total_steps
         self.step = 0
@@ -96,14 +99,15 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
     @property
     def checkpoint_path(self) -> Path | None:
-        return self.checkpoint_dir / CHECKPOINT_NAME if self.checkpoint_dir else None
+        return checkpoint_file(self.checkpoint_dir) if self.checkpoint_dir else None
 
     def save_checkpoint(self) -> None:
-        """Atomically write model, strategy modules, optimiser, scheduler, step and RNG states."""
+        """Atomically write the training state, the run and whether training finished (fsynced)."""
         if self.checkpoint_path is None or not is_main_process():
             return
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         state = {
+            "run": self.run,
+            "finished": self.step >= self.total_steps,
             "step": self.step,
             "model": unwrap(self.ctx.model).state_dict(),
             "extra_modules": self.extra_modules.state_dict(),
@@ -112,15 +116,13 @@ class Trainer:
             "numpy_rng": self.ctx.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
         }
-        temporary = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, temporary)
-        os.replace(temporary, self.checkpoint_path)
+        write_checkpoint(self.checkpoint_path, state)
 
     def load_checkpoint(self) -> bool:
         """Restore the latest checkpoint if there is one; returns whether one was loaded."""
         if self.checkpoint_path is None or not self.checkpoint_path.exists():
             return False
-        state = torch.load(self.checkpoint_path, map_location=self.ctx.device, weights_only=True)
+        state = read_checkpoint(self.checkpoint_path, self.ctx.device)
         unwrap(self.ctx.model).load_state_dict(state["model"])
         self.extra_modules.load_state_dict(state["extra_modules"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -134,8 +136,8 @@ class Trainer:
     def fit(self, resume: bool = False) -> nn.Module:
         """Run the stage to its last step (continuing from a checkpoint when ``resume``)."""
         ctx, train = self.ctx, self.ctx.config.train
-        if resume:
-            self.load_checkpoint()
+        if not (resume and self.load_checkpoint()):
+            self.save_checkpoint()
         self.strategy.before_stage(ctx)
         ctx.model.train()
         self.extra_modules.train()
@@ -153,11 +155,12 @@ class Trainer:
                 running = losses if epoch_step == 0 else {
                     k: running.get(k, v) + (v - running.get(k, v)) / (epoch_step + 1) for k, v in losses.items()
                 }
-                if train.checkpoint_every and self.step % train.checkpoint_every == 0:
+                if train.checkpoint_every and self.step % train.checkpoint_every == 0 and self.step < self.total_steps:
                     self.save_checkpoint()
                 self._report(running, batch_size, started, first_step)
         finally:
             tap.remove()
+        self.save_checkpoint()
         self.strategy.after_stage(ctx)
         return ctx.model
 
