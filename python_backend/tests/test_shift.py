@@ -87,4 +87,4 @@ def test_greedy_order_prefers_uncovered_cases():
     order = [i for i, _, _ in greedy_order(candidates, np.zeros(4), labelled, weight=0.0)]
     assert order[0] == 1  # farthest from every labelled case
     assert order[1] == 3  # its twin (index 2) is covered once index 1 is picked
-    assert order[-1] == 0
+    assert set(order[2:]) == {0, 2}
