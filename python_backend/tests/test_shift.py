@@ -88,3 +88,41 @@ def test_greedy_order_prefers_uncovered_cases():
     assert order[0] == 1  # farthest from every labelled case
     assert order[1] == 3  # its twin (index 2) is covered once index 1 is picked
     assert set(order[2:]) == {0, 2}
+
+
+def test_cli_check_predict_and_rank(shift_store, tmp_path, capsys):
+    from dakr.cli import main
+
+    assert main(["site", "check", str(shift_store.path), "siteX"]) == 0
+    assert "unlike every known site" in capsys.readouterr().out.strip().splitlines()[-1]
+    image = shift_store.cases("siteX", "audit")[0].image_path
+    out, uncertainty = tmp_path / "labels.nii.gz", tmp_path / "entropy.nii.gz"
+    assert main(["predict", str(shift_store.path), str(image), str(out), "--uncertainty", str(uncertainty)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("shift score ") and last.endswith(": OUT OF DISTRIBUTION")
+    assert out.is_file() and uncertainty.is_file()
+    folder = tmp_path / "unlabelled"
+    folder.mkdir()
+    for case in shift_store.cases("siteX"):
+        (folder / case.image_path.name.replace("image", case.case_id)).write_bytes(case.image_path.read_bytes())
+    assert main(["site", "rank", str(shift_store.path), "--images", str(folder)]) == 0
+    order = __import__("json").loads((folder / "labelling_order.json").read_text())
+    assert [item["rank"] for item in order] == list(range(1, len(shift_store.cases("siteX")) + 1))
+
+
+def test_api_check_and_predict_headers(shift_store):
+    from fastapi.testclient import TestClient
+
+    from dakr.service import create_app
+
+    with TestClient(create_app(shift_store.path)) as client:
+        check = client.get("/api/v1/sites/siteX/check")
+        assert check.status_code == 200, check.text
+        assert check.json()["unlike_known"] is True and "adapt" in check.json()["verdict"]
+        assert client.get("/api/v1/sites/nosuch/check").status_code == 404
+        image = shift_store.cases("siteX", "audit")[0].image_path
+        with image.open("rb") as handle:
+            response = client.post("/api/v1/predict", files={"file": ("case.nii.gz", handle)})
+        assert response.status_code == 200, response.text
+        assert response.headers["X-DAKR-Out-Of-Distribution"] == "true"
+        assert float(response.headers["X-DAKR-Shift-Score"]) > float(response.headers["X-DAKR-Shift-Threshold"])
