@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from dakr import __version__
-from dakr.cli_shift import add_shift_verbs
+from dakr.cli_shift import add_learning_curve_verb, add_shift_verbs
 
 
 class UsageError(Exception):
@@ -268,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--strategies", nargs="+", help="strategies to run (default: the config's)")
     sub.add_argument("--seeds", type=int, help="number of seeds (default: the config's)")
     sub.add_argument("--workers", type=int, help="runs at the same time (default: the config's; 1 for timings on a CPU)")
+
+    add_learning_curve_verb(verbs)
 
     sub = verb("serve", cmd_serve, "run the HTTP API for the Slicer module")
     sub.add_argument("store")

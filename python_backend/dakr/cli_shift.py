@@ -42,6 +42,35 @@ def cmd_site_rank(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learning_curve(args: argparse.Namespace) -> int:
+    """Run the learning-curve benchmark (ranked vs random labelling order)."""
+    from dakr.shift.learning_curve import LearningCurveConfig, run_learning_curve
+
+    config = LearningCurveConfig.load(args.config)
+    if args.seeds:
+        config.seeds = args.seeds
+    if args.workers:
+        config.workers = args.workers
+    out = Path(args.out)
+    run_learning_curve(config, out)
+    print((out / "results.md").read_text(), end="")
+    print(f"results: {out / 'results.json'}; plot: {out / 'learning_curve.png'}")
+    return 0
+
+
+def add_learning_curve_verb(verbs: argparse._SubParsersAction) -> None:
+    """Register ``dakr learning-curve``."""
+    sub = verbs.add_parser(
+        "learning-curve",
+        help="benchmark: new-site Dice and past-site BWT against the number of labelled cases, ranked vs random order",
+    )
+    sub.set_defaults(handler=cmd_learning_curve)
+    sub.add_argument("--config", default="learning_curve", help="learning_curve (shipped) or a JSON config file")
+    sub.add_argument("--out", required=True, help="output folder")
+    sub.add_argument("--seeds", type=int, help="number of seeds (default: the config's)")
+    sub.add_argument("--workers", type=int, help="runs at the same time (default: the config's)")
+
+
 def add_shift_verbs(site_verbs: argparse._SubParsersAction) -> None:
     """Register ``site check`` and ``site rank`` under ``dakr site``."""
     check = site_verbs.add_parser(

@@ -126,3 +126,29 @@ def test_api_check_and_predict_headers(shift_store):
         assert response.status_code == 200, response.text
         assert response.headers["X-DAKR-Out-Of-Distribution"] == "true"
         assert float(response.headers["X-DAKR-Shift-Score"]) > float(response.headers["X-DAKR-Shift-Threshold"])
+
+
+@pytest.mark.slow
+def test_learning_curve_writes_results_and_plot(tmp_path):
+    from dakr.shift.learning_curve import LearningCurveConfig, run_learning_curve
+
+    folders = [write_site(tmp_path / "data", name, contrast, cases=6, seed=i) for i, (name, contrast) in enumerate(SITE_CONTRASTS.items())]
+    config = LearningCurveConfig(demo={}, overrides=TINY_OVERRIDES, strategy="replay", ks=[1, 2], seeds=2, audit_fraction=0.34)
+    results = run_learning_curve(config, tmp_path / "out", site_dirs=folders)
+    assert (tmp_path / "out" / "results.json").is_file() and (tmp_path / "out" / "learning_curve.png").stat().st_size > 0
+    assert [row["k"] for row in results["summary"]] == [1, 2]
+    assert len(results["runs"]) == 2 * 2 * 2
+    for run in results["runs"]:
+        assert len(run["cases"]) == run["k"] and run["new_site_dice"]
+    low, mean, high = results["summary"][0]["ranked_minus_random_dice"]
+    assert low <= mean <= high
+    assert results["orders"][0]["orders"]["ranked"] != [] and sorted(results["orders"][0]["orders"]["ranked"]) == sorted(results["orders"][0]["orders"]["random"])
+
+
+def test_paired_difference_interval_covers_a_known_shift():
+    from dakr.shift.learning_curve import paired_difference
+
+    rng = np.random.default_rng(1)
+    b = rng.normal(50, 5, size=(5, 12))
+    low, mean, high = paired_difference(b + 3.0 + rng.normal(0, 0.5, size=b.shape), b)
+    assert low < 3.0 < high and abs(mean - 3.0) < 0.5 and high - low < 1.0
