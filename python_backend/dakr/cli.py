@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from dakr import __version__
+from dakr.cli_shift import add_learning_curve_verb, add_shift_verbs
 
 
 class UsageError(Exception):
@@ -52,6 +53,10 @@ def cmd_site_add(args: argparse.Namespace) -> int:
         args.name, discover_site(args.path), audit_fraction=args.audit_fraction, seed=args.seed, progress=ConsoleProgress()
     )
     print(f"registered site {info.name}: {info.n_train} training and {info.n_audit} audit cases (split seed {info.split_seed})")
+    if args.check and store.active_version() is not None:
+        from dakr.shift import check_site, format_check
+
+        print(format_check(check_site(store, info.name, progress=ConsoleProgress())))
     return 0
 
 
@@ -142,11 +147,16 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from dakr.data.io import read_image, write_image
-    from dakr.pipeline import predict_image
+    from dakr.shift import predict_with_shift
 
     store = _store(args.store)
-    write_image(predict_image(store, read_image(args.image), args.version), args.out)
+    result = predict_with_shift(store, read_image(args.image), args.version)
+    write_image(result.labels, args.out)
     print(f"wrote {args.out}")
+    if args.uncertainty:
+        write_image(result.uncertainty, args.uncertainty)
+        print(f"wrote {args.uncertainty} (voxel-wise normalised entropy, 0 = certain, 1 = uniform)")
+    print(result.summary)
     return 0
 
 
@@ -206,9 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("path", help="folder with imagesTr/ and labelsTr/ (and optional dataset.json)")
     add.add_argument("--audit-fraction", type=float, default=0.2, help="share of cases frozen as audit split (default 0.2)")
     add.add_argument("--seed", type=int, default=0, help="seed of the train/audit split")
+    add.add_argument(
+        "--no-check", dest="check", action="store_false", help="skip the shift check against the active model after registering"
+    )
     listing = site_verbs.add_parser("list", help="list registered sites")
     listing.set_defaults(handler=cmd_site_list)
     listing.add_argument("store")
+    add_shift_verbs(site_verbs)
 
     from dakr.continual.strategies import STRATEGIES
 
@@ -243,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("image")
     sub.add_argument("out", help="output label map (.nii.gz, .nrrd or .mha)")
     sub.add_argument("--version", type=int, help="model version (default: the active one)")
+    sub.add_argument("--uncertainty", metavar="FILE", help="also write the voxel-wise uncertainty map (normalised entropy)")
 
     sub = verb("demo", cmd_demo, "build the demo sites, adapt site by site and write the audit report")
     sub.add_argument("--out", default="demo_output", help="output folder (default demo_output)")
@@ -259,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--strategies", nargs="+", help="strategies to run (default: the config's)")
     sub.add_argument("--seeds", type=int, help="number of seeds (default: the config's)")
     sub.add_argument("--workers", type=int, help="runs at the same time (default: the config's; 1 for timings on a CPU)")
+
+    add_learning_curve_verb(verbs)
 
     sub = verb("serve", cmd_serve, "run the HTTP API for the Slicer module")
     sub.add_argument("store")

@@ -23,8 +23,12 @@ def default_device() -> torch.device:
 
 
 @torch.no_grad()
-def predict_array(model: nn.Module, image: np.ndarray, config: ExperimentConfig, device: torch.device) -> np.ndarray:
-    """Class-index map (z, y, x) uint8 for a preprocessed image (z, y, x) float32."""
+def predict_probabilities(model: nn.Module, image: np.ndarray, config: ExperimentConfig, device: torch.device) -> np.ndarray:
+    """Softmax class probabilities (classes, z, y, x) float32 for a preprocessed image (z, y, x) float32.
+
+    Hooks registered on ``model`` (for example on its bottleneck) see every window of the
+    slice-wise (2D) or sliding-window (3D) pass.
+    """
     net = config.net
     if net.spatial_dims == 2:
         inferer = SliceInferer(roi_size=tuple(net.patch_size), spatial_dim=0, sw_batch_size=32, overlap=0.25, progress=False)
@@ -37,7 +41,12 @@ def predict_array(model: nn.Module, image: np.ndarray, config: ExperimentConfig,
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         logits = inferer(batch, model)
     model.train(was_training)
-    return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+    return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+
+
+def predict_array(model: nn.Module, image: np.ndarray, config: ExperimentConfig, device: torch.device) -> np.ndarray:
+    """Class-index map (z, y, x) uint8 for a preprocessed image (z, y, x) float32."""
+    return predict_probabilities(model, image, config, device).argmax(axis=0).astype(np.uint8)
 
 
 def predict_volume(

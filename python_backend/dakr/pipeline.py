@@ -114,25 +114,33 @@ def _preprocessed(image: str, label: str, preprocess_json: str, case_id: str) ->
     return preprocess_case(image, label, config, case_id=case_id)
 
 
-def training_cases(store: Store, sites: list[str], config: ExperimentConfig, values: list[int]) -> list[PreprocessedCase]:
-    """Preprocessed training cases of ``sites`` with labels as class indices (purged sites contribute none)."""
+def training_cases(
+    store: Store, sites: list[str], config: ExperimentConfig, values: list[int], only: dict[str, set[str]] | None = None
+) -> list[PreprocessedCase]:
+    """Preprocessed training cases of ``sites`` with labels as class indices (purged sites contribute none).
+
+    ``only`` restricts a site's training cases to the given case ids.
+    """
     key = json.dumps(config.to_dict()["preprocess"], sort_keys=True)
     lookup = np.zeros(max(values) + 1, dtype=np.uint8)
     lookup[values] = np.arange(len(values), dtype=np.uint8)
     cases = []
     for site in sites:
+        allowed = (only or {}).get(site)
         for record in store.cases(site, "train"):
-            if record.image_path is None or record.label_path is None:
+            if record.image_path is None or record.label_path is None or (allowed is not None and record.case_id not in allowed):
                 continue
             case = _preprocessed(str(record.image_path), str(record.label_path), key, record.case_id)
             cases.append(PreprocessedCase(case.case_id, case.image, lookup[case.label], case.reference))
     return cases
 
 
-def training_sampler(store: Store, sites: list[str], config: ExperimentConfig, values: list[int]) -> PatchSampler:
+def training_sampler(
+    store: Store, sites: list[str], config: ExperimentConfig, values: list[int], only: dict[str, set[str]] | None = None
+) -> PatchSampler:
     """A patch sampler over the training cases of ``sites`` with the config's patch size and oversampling."""
     return PatchSampler(
-        training_cases(store, sites, config, values),
+        training_cases(store, sites, config, values, only),
         tuple(config.net.patch_size),
         config.net.spatial_dims,
         config.train.foreground_oversample,
@@ -153,6 +161,7 @@ def adapt(
     device: torch.device | None = None,
     activate: bool = True,
     job_id: str | None = None,
+    train_case_ids: set[str] | None = None,
 ) -> VersionInfo | None:
     """Train a new version on ``site`` from the active version (the base model when there is none).
 
@@ -162,6 +171,8 @@ def adapt(
     ``resume=True`` the run continues from its checkpoint and its recorded parent, or finishes
     the version it already stored (:mod:`dakr.resume`). The new version is activated only if
     the active version is still its parent (:func:`~dakr.store.runs.activate_if_parent_still_active`).
+    ``train_case_ids`` trains on only these training cases of ``site`` (e.g. the first k cases
+    of a labelling order).
     """
     site_info = store.site(site)
     if site_info.purged:
@@ -183,7 +194,8 @@ def adapt(
     version_id = stored_version(store, saved, work_dir) if saved is not None else None
     if version_id is None:
         version_id = _train_and_store(
-            store, run, parent, chain, config, strategy_cls, progress, work_dir, resume, should_stop, device
+            store, run, parent, chain, config, strategy_cls, progress, work_dir, resume, should_stop, device,
+            {site: set(train_case_ids)} if train_case_ids is not None else None,
         )
     else:
         progress(ProgressEvent(stage="resume", message=f"this run already stored version {version_id}; finishing it"))
@@ -210,8 +222,12 @@ def _train_and_store(
     resume: bool,
     should_stop: Callable[[], bool] | None,
     device: torch.device,
+    only: dict[str, set[str]] | None,
 ) -> int | None:
-    """Train one stage of ``run`` and store its version (inactive); returns its id (``None`` off rank 0)."""
+    """Train one stage of ``run`` and store its version (inactive); returns its id (``None`` off rank 0).
+
+    ``only`` restricts a site's training cases to the given case ids.
+    """
     set_determinism(seed=config.train.seed)
     values = label_values(store)
     parent_tensors = store.load_tensors(parent.id) if parent else None
@@ -220,7 +236,7 @@ def _train_and_store(
     method = strategy_cls(config)
     past_sites = list(dict.fromkeys(v.site for v in chain))
     train_sites = method.training_sites(run.site, past_sites)
-    sampler = training_sampler(store, train_sites, config, values)
+    sampler = training_sampler(store, train_sites, config, values, only)
     previous = _frozen_copy(model) if parent is not None and method.needs_previous_model else None
     stored_buffer = store.load_buffer(parent.id) if parent else None
     buffer = ReplayBuffer.from_arrays(stored_buffer) if stored_buffer else ReplayBuffer.empty(tuple(config.net.patch_size))
@@ -244,7 +260,7 @@ def _train_and_store(
     if not is_main_process():
         return None
     progress(ProgressEvent(stage="buffer", message="updating the replay buffer"))
-    site_sampler = sampler if train_sites == [run.site] else training_sampler(store, [run.site], config, values)
+    site_sampler = sampler if train_sites == [run.site] else training_sampler(store, [run.site], config, values, only)
     new_buffer = update_buffer(buffer, run.site, site_sampler, config.continual, seeded_rng(config.train.seed, ctx.stage, purpose=1), model)
     tensors = {NETWORK_PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()}
     tensors.update({STRATEGY_PREFIX + k: v for k, v in method.state_tensors().items()})

@@ -7,19 +7,19 @@ import tempfile
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile, status
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from dakr import pipeline
 from dakr.data.io import read_image, write_image
 from dakr.data.site import case_id_from_image
 from dakr.service.context import ServiceContext, get_context, version_or_404, version_or_active
 from dakr.service.schemas import ErrorOut, JobCreatedOut, MatrixOut, ModelOut
 from dakr.service.security import safe_name
 from dakr.service.uploads import FORMAT_SUFFIXES, check_volume
+from dakr.shift import predict_with_shift
 from dakr.store import VersionInfo
 from dakr.store.files import CONFIG_FILE, WEIGHTS_FILE
 
@@ -98,7 +98,12 @@ def evaluation_matrix(context: ServiceContext = Depends(get_context)) -> MatrixO
     "/predict",
     response_class=FileResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "label map, same format and geometry as the input"},
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "label map (or uncertainty map), same format and geometry as the input; headers "
+            "X-DAKR-Shift-Score, X-DAKR-Shift-Threshold, X-DAKR-Out-Of-Distribution and X-DAKR-Nearest-Site carry the "
+            "case's shift verdict",
+        },
         400: {"model": ErrorOut, "description": "invalid file name or unreadable volume"},
         409: {"model": ErrorOut, "description": "no model yet"},
         413: {"model": ErrorOut, "description": "upload larger than the server's limit"},
@@ -110,6 +115,9 @@ def evaluation_matrix(context: ServiceContext = Depends(get_context)) -> MatrixO
 def predict(
     file: Annotated[UploadFile, File(description="a 3D volume (.nii.gz, .nii, .nrrd, .mha)")],
     version: Annotated[int | None, Query(description="model version (default: the active one)")] = None,
+    output: Annotated[
+        Literal["labels", "uncertainty"], Query(description="labels, or the voxel-wise normalised entropy (0-1)")
+    ] = "labels",
     context: ServiceContext = Depends(get_context),
 ) -> FileResponse:
     """The label map comes back in the input's format, on the input's exact voxel grid."""
@@ -122,10 +130,16 @@ def predict(
         source = folder / name
         with source.open("wb") as handle:
             shutil.copyfileobj(file.file, handle)
-        prediction = pipeline.predict_image(context.store, read_image(source), version_id)
-        output = folder / f"{case_id_from_image(name)}{suffix}"
-        write_image(prediction, output)
+        result = predict_with_shift(context.store, read_image(source), version_id)
+        target = folder / f"{case_id_from_image(name)}{'_uncertainty' if output == 'uncertainty' else ''}{suffix}"
+        write_image(result.labels if output == "labels" else result.uncertainty, target)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return FileResponse(output, media_type="application/octet-stream", filename=output.name, background=cleanup)
+    headers = {
+        "X-DAKR-Shift-Score": f"{result.shift_score:.4f}",
+        "X-DAKR-Shift-Threshold": f"{result.threshold:.4f}",
+        "X-DAKR-Out-Of-Distribution": "true" if result.out_of_distribution else "false",
+        "X-DAKR-Nearest-Site": result.nearest_site,
+    }
+    return FileResponse(target, media_type="application/octet-stream", filename=target.name, headers=headers, background=cleanup)

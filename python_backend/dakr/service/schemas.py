@@ -130,3 +130,38 @@ class CaseDiceOut(BaseModel):
 
     before: float | None
     after: float | None
+
+
+class CaseShiftOut(BaseModel):
+    case_id: str
+    split: str
+    shift_score: float
+    nearest_site: str
+    dice: float = Field(description="mean foreground Dice in points (0-100)")
+    dice_per_structure: dict[str, float] = Field(description="Dice in points per structure")
+
+
+class SiteCheckOut(BaseModel):
+    site: str
+    version: int
+    known_sites: list[str]
+    threshold: float = Field(description="shift score above which a case is out of distribution")
+    median_shift: float
+    mmd: dict[str, float] = Field(description="squared kernel MMD to each known site's training cases")
+    nearest_site: str
+    unlike_known: bool
+    dice: float = Field(description="active model's mean foreground Dice on the site's cases, in points")
+    dice_per_structure: dict[str, float]
+    known_sites_dice: float | None = Field(description="active model's Dice on the known sites' audit cases, in points")
+    adapt_recommended: bool
+    cases: list[CaseShiftOut]
+    verdict: str
+
+
+class RankedImageOut(BaseModel):
+    rank: int
+    path: str = Field(description="uploaded file name")
+    uncertainty: float
+    novelty: float
+    score: float
+    reason: str
