@@ -183,7 +183,7 @@ def test_worker_reports_failures_and_unknown_jobs(store: Store) -> None:
 def test_monitor_records_workers_that_die_without_reporting(
     store: Store, monkeypatch: pytest.MonkeyPatch, script: str, state: str, message: str
 ) -> None:
-    monkeypatch.setattr(jobs_module, "worker_command", lambda store_path, job_id: [sys.executable, "-c", script, job_id])
+    monkeypatch.setattr(jobs_module, "worker_command", lambda store_path, job_id, threads: [sys.executable, "-c", script, job_id])
     with TestClient(create_app(store.path)) as client:
         add_tiny_version(store, "A", None)
         job_id = client.post(f"{API}/models/1/evaluate").json()["job_id"]

@@ -70,8 +70,11 @@ class AdaptJobIn(BaseModel):
     kind: Literal["adapt"]
     site: str
     strategy: str = "dakr"
-    #: Dotted config overrides, e.g. ``{"train.epochs": 2}``.
+    #: Config overrides with nested or dotted keys, like a CLI config file:
+    #: ``{"train": {"epochs": 2}}`` or ``{"train.epochs": 2}``.
     config: dict[str, Any] = Field(default_factory=dict)
+    #: torch threads of the job's worker (default: the server's cores divided among its running workers).
+    threads: int | None = Field(default=None, ge=1)
 
 
 class JobCreatedOut(BaseModel):

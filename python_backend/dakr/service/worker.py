@@ -25,6 +25,7 @@ from dakr.progress import ConsoleProgress, JsonLinesProgress, ProgressCallback, 
 from dakr.service import processes
 from dakr.service.job_files import ATTEMPTS_FILE, EVENTS_FILE, WORK_DIR
 from dakr.store import JobRecord, Store, StoreError
+from dakr.threads import use_torch_threads
 from dakr.training import TrainingCancelled
 
 log = logging.getLogger("dakr.worker")
@@ -70,8 +71,11 @@ class StopRequest:
         self.reason = self.reason or "orphaned"
 
 
-def worker_main(store_path: str | Path, job_id: str) -> int:
-    """Run job ``job_id`` of the store at ``store_path``; returns the process exit code (0 unless it failed)."""
+def worker_main(store_path: str | Path, job_id: str, *, threads: int | None = None) -> int:
+    """Run job ``job_id`` of the store at ``store_path`` with ``threads`` torch threads (see :mod:`dakr.threads`).
+
+    Returns the process exit code (0 unless it failed).
+    """
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         store = Store.open(store_path)
@@ -84,7 +88,10 @@ def worker_main(store_path: str | Path, job_id: str) -> int:
     stop = StopRequest(cooperative=job.kind == "adapt")
     stop.install()
     store.update_job(job_id, state="running", pid=os.getpid(), error=None)
-    log.info("job %s (%s) %s with params %s", job_id, job.kind, "resumed" if resume else "started", job.params)
+    log.info(
+        "job %s (%s) %s with params %s, %d torch threads",
+        job_id, job.kind, "resumed" if resume else "started", job.params, use_torch_threads(threads),
+    )
     progress = _progress(job_dir / EVENTS_FILE)
     try:
         result = _run(store, job, progress, job_dir / WORK_DIR, resume, stop)
