@@ -377,13 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == [WORKER_VERB]:
         return _run_worker(argv[1:])
     args = build_parser().parse_args(argv)
-    from dakr.data.errors import SiteValidationError
     from dakr.store.records import StoreError
 
     try:
         return args.handler(args)
-    except SiteValidationError as exc:
-        print(f"dakr: error: site rejected, nothing was stored:\n{exc}", file=sys.stderr)
     except (UsageError, StoreError, ValueError, FileNotFoundError) as exc:
         print(f"dakr: error: {exc}", file=sys.stderr)
     except KeyboardInterrupt as exc:

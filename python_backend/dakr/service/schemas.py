@@ -8,6 +8,9 @@ from pydantic import BaseModel, Field
 
 from dakr.progress import ProgressEvent
 
+#: The unit of every Dice value in the API (people-facing tables show points, i.e. this times 100).
+DICE_UNIT = "as a fraction from 0 to 1 (the CLI, report and README show Dice points: fraction x 100)"
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 
 
@@ -90,8 +93,10 @@ class JobOut(BaseModel):
     created: str
     updated: str
     error: str | None
-    #: ``{"version": id}`` for adapt jobs; evaluate jobs add ``"dice": {site: mean Dice}``.
-    result: dict[str, Any] | None
+    result: dict[str, Any] | None = Field(
+        description='`{"version": id}` for adapt jobs; evaluate jobs add `"dice": {site: mean foreground Dice}` '
+        + DICE_UNIT
+    )
 
 
 class EventsOut(BaseModel):
@@ -113,8 +118,7 @@ class ModelOut(BaseModel):
     seed: int
     config: dict[str, Any]
     active: bool
-    #: Mean foreground Dice on each evaluated site's audit cases.
-    dice: dict[str, float]
+    dice: dict[str, float] = Field(description="mean foreground Dice on each evaluated site's audit cases, " + DICE_UNIT)
 
 
 class MatrixOut(BaseModel):
@@ -122,12 +126,12 @@ class MatrixOut(BaseModel):
 
     versions: list[int]
     sites: list[str]
-    dice: list[list[float | None]]
-    per_class: dict[str, list[list[float | None]]]
+    dice: list[list[float | None]] = Field(description="mean foreground Dice [version][site], " + DICE_UNIT)
+    per_class: dict[str, list[list[float | None]]] = Field(description="per label name, Dice [version][site], " + DICE_UNIT)
 
 
 class CaseDiceOut(BaseModel):
     """Mean foreground Dice of one audit case under two versions; ``null`` where not evaluated."""
 
-    before: float | None
-    after: float | None
+    before: float | None = Field(description=DICE_UNIT)
+    after: float | None = Field(description=DICE_UNIT)
