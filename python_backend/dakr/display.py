@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
-def dice_points(value: float | None) -> str:
-    """Dice (a 0-1 fraction) as points with one decimal, e.g. ``0.675`` → ``"67.5"``; ``"-"`` when missing."""
-    return "-" if value is None else f"{100.0 * value:.1f}"
+def format_dice_points(value: float | None) -> str:
+    """Dice fraction as points with one decimal (``0.8523`` -> ``"85.2"``), ``"–"`` when missing."""
+    return "–" if value is None or math.isnan(value) else f"{100.0 * value:.1f}"
 
 
 def dice_table(version_ids: Sequence[int], site_names: Sequence[str], matrix: Sequence[Sequence[float | None]]) -> str:
@@ -15,7 +16,7 @@ def dice_table(version_ids: Sequence[int], site_names: Sequence[str], matrix: Se
     width = max([len("site"), *(len(name) for name in site_names)]) + 2
     header = f"{'site':<{width}}" + "".join(f"{'v' + str(v):>8}" for v in version_ids)
     rows = [
-        f"{site:<{width}}" + "".join(f"{dice_points(matrix[i][j]):>8}" for i in range(len(version_ids)))
+        f"{site:<{width}}" + "".join(f"{format_dice_points(matrix[i][j]):>8}" for i in range(len(version_ids)))
         for j, site in enumerate(site_names)
     ]
     return "\n".join([header, *rows])

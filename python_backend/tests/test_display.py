@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from dakr.cli import _print_matrix
-from dakr.display import dice_points, dice_table
+from dakr.display import dice_table, format_dice_points
 
 LONG = "site3_flair_1p5T_scanner_B"
 
 
 def test_dice_points() -> None:
-    assert dice_points(0.675) == "67.5" and dice_points(1.0) == "100.0" and dice_points(None) == "-"
+    assert [format_dice_points(v) for v in (0.675, 1.0, None, float("nan"))] == ["67.5", "100.0", "–", "–"]
 
 
 def test_table_keeps_full_site_names_and_shows_points() -> None:
@@ -19,7 +19,7 @@ def test_table_keeps_full_site_names_and_shows_points() -> None:
     lines = table.splitlines()
     assert lines[0].split() == ["site", "v1", "v2"]
     assert lines[1].split() == ["t1", "50.0", "67.5"]
-    assert lines[2].split() == [LONG, "-", "90.0"]
+    assert lines[2].split() == [LONG, "–", "90.0"]
 
 
 class _Store:
