@@ -23,6 +23,7 @@ from dakr.service.jobs import JobConflict, JobRunner, JobStateError
 from dakr.service.uploads import UploadLimitMiddleware
 from dakr.service.security import ServiceConfigError, bearer_token_dependency, check_bind, is_loopback
 from dakr.store import Store, StoreError
+from dakr.threads import use_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +122,15 @@ def serve_main(
 ) -> int:
     """Run the API server until interrupted; returns the exit code (2 for a refused configuration).
 
-    Binding to an address other than loopback needs a ``token``.
+    Binding to an address other than loopback needs a ``token``. The server's own predictions use
+    half the usable cores (one at a time), leaving the rest to the job workers it starts.
     """
     try:
         app = create_app(store_path, token=token, loopback=is_loopback(host), max_upload_mb=max_upload_mb)
     except (ServiceConfigError, StoreError) as exc:
         print(f"dakr serve: {exc}", file=sys.stderr)
         return 2
+    use_torch_threads(concurrent=2)
     auth = "token required" if token else "no token (loopback only)"
     print(f"dakr serve: store {Path(store_path).resolve()} on http://{host}:{port}{API_PREFIX} ({auth})", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -122,7 +122,9 @@ def predict(
         source = folder / name
         with source.open("wb") as handle:
             shutil.copyfileobj(file.file, handle)
-        prediction = pipeline.predict_image(context.store, read_image(source), version_id)
+        image = read_image(source)
+        with context.torch_work:
+            prediction = pipeline.predict_image(context.store, image, version_id)
         output = folder / f"{case_id_from_image(name)}{suffix}"
         write_image(prediction, output)
     except BaseException:
