@@ -3,8 +3,9 @@
 Each scenario trains a small DynUNet (the network of ``dakr adapt``) for a fixed wall time and
 counts samples per second. "before" leaves torch at its default thread count; "after" sets it
 with :func:`dakr.threads.torch_threads`, dividing the usable cores among the concurrent
-processes, as the service does for its workers. The competing load is a second process running the
-same training, as when the service evaluates while a job trains.
+processes, as the service does for its workers (with nothing else to share, that is every usable
+core, the same as torch's default). The competing load is a second process running the same
+training, as when the service evaluates while a job trains.
 
 Usage: ``python benchmarks/threads/run.py [--seconds 15] [--out benchmarks/threads/results.md]``
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import platform
 import time
 from pathlib import Path
@@ -69,8 +71,12 @@ def main() -> None:
     args = parser.parse_args()
     cores = usable_cores()
     rows = []
+    load_average = os.getloadavg()[0]
     for load, processes in (("none", 1), ("a second training process", 2)):
-        for label, threads in (("before: torch default", None), ("after: dakr.threads", torch_threads(concurrent=processes))):
+        settings = [("before: torch default", None), ("after: dakr.threads", torch_threads(concurrent=processes))]
+        if processes == 1:
+            settings.append(("reference: one thread", 1))
+        for label, threads in settings:
             results = scenario(processes, threads, args.seconds)
             used, rate = results[0]
             total = sum(r for _, r in results)
@@ -81,7 +87,7 @@ def main() -> None:
         "",
         f"Command: `PYTHONPATH=python_backend python benchmarks/threads/run.py --seconds {args.seconds:g}`",
         f"Machine: {platform.machine()}, {cores} usable cores, shared with other users' processes while it ran "
-        "(numbers vary from run to run; compare rows of one run).",
+        f"(1-minute load average {load_average:.1f} at the start; numbers vary from run to run, compare rows of one run).",
         "Workload: DynUNet filters (8, 16, 32), 2D patches 64x64, batch 8, AdamW; "
         f"{args.seconds:g} s of training per process and scenario.",
         "",
