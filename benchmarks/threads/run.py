@@ -72,7 +72,7 @@ def main() -> None:
     cores = usable_cores()
     rows = []
     load_average = os.getloadavg()[0]
-    for load, processes in (("none", 1), ("a second training process", 2)):
+    for load, processes in (("none from the benchmark", 1), ("a second training process", 2)):
         settings = [("before: torch default", None), ("after: dakr.threads", torch_threads(concurrent=processes))]
         if processes == 1:
             settings.append(("reference: one thread", 1))
@@ -91,7 +91,7 @@ def main() -> None:
         "Workload: DynUNet filters (8, 16, 32), 2D patches 64x64, batch 8, AdamW; "
         f"{args.seconds:g} s of training per process and scenario.",
         "",
-        "| competing load | threads setting | threads per process | samples/s (measured process) | samples/s (all processes) |",
+        "| competing load (besides other users') | threads setting | threads per process | samples/s (measured process) | samples/s (all processes) |",
         "|---|---|---|---|---|",
         *rows,
         "",
