@@ -45,6 +45,7 @@ def test_cli_workflow(tmp_path, capsys, synthetic_sites):
     assert main(["init", store]) == 0
     for name in ("siteA", "siteB"):
         assert main(["site", "add", store, name, str(synthetic_sites[name])]) == 0
+    capsys.readouterr()
     assert main(["adapt", store, "--site", "siteA", "--strategy", "finetune", "--config", str(config)]) == 0
     first = capsys.readouterr()
     assert first.err.startswith("[config] training from: base model (no parent)")
