@@ -66,21 +66,3 @@ def test_strategy_names_match_the_strategy_classes() -> None:
     adapt = build_parser()._subparsers._group_actions[0].choices["adapt"]  # type: ignore[union-attr]
     strategy = next(a for a in adapt._actions if a.dest == "strategy")
     assert tuple(strategy.choices) == STRATEGY_NAMES
-
-
-def test_missing_token_file_names_the_file_and_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    missing = tmp_path / "token.txt"
-    assert main(["serve", str(tmp_path), "--token-file", str(missing)]) == 1
-    error = capsys.readouterr().err.strip()
-    assert str(missing) in error and "Fix:" in error and "16 or more characters" in error
-    assert "Errno" not in error and "\n" not in error
-
-
-def test_rejected_site_header_is_printed_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    store = tmp_path / "store"
-    assert main(["init", str(store)]) == 0
-    (tmp_path / "empty" / "imagesTr").mkdir(parents=True)
-    (tmp_path / "empty" / "labelsTr").mkdir()
-    assert main(["site", "add", str(store), "x", str(tmp_path / "empty")]) == 1
-    error = capsys.readouterr().err
-    assert error.startswith("dakr: error: site rejected") and error.count("site rejected") == 1
