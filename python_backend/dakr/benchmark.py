@@ -16,7 +16,6 @@ import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from dakr.config import ExperimentConfig, apply_overrides
 from dakr.continual.strategies import MAIN_STRATEGIES, get_strategy
 from dakr.evaluation.continual_metrics import acc, bwt, forgetting, fwt
 from dakr.progress import ProgressEvent, format_event
+from dakr.shipped_configs import benchmark_config_names, benchmark_config_path
 
 #: Interleaved timing rounds per strategy, steps per round, and steps discarded as warm-up.
 TIMING_ROUNDS = 3
@@ -55,12 +55,13 @@ class BenchmarkConfig:
 
     @classmethod
     def load(cls, name_or_path: str) -> "BenchmarkConfig":
-        """``quick``, ``full`` (shipped with the package) or a path to a JSON file."""
+        """A shipped config name (:func:`~dakr.shipped_configs.benchmark_config_names`) or a path to a JSON file."""
         path = Path(name_or_path)
         if not path.exists():
-            path = Path(str(resources.files("dakr") / "configs" / f"benchmark_{name_or_path}.json"))
+            path = benchmark_config_path(name_or_path)
         if not path.exists():
-            raise ValueError(f"unknown benchmark config {name_or_path!r}. Fix: use quick, full or a JSON file path")
+            shipped = ", ".join(benchmark_config_names())
+            raise ValueError(f"unknown benchmark config {name_or_path!r}. Fix: use one of {shipped} or a JSON file path")
         return cls(**json.loads(path.read_text()))
 
 

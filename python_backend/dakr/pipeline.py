@@ -21,7 +21,7 @@ import torch
 from monai.utils import set_determinism
 from torch import nn
 
-from dakr.config import ConfigError, ExperimentConfig, apply_overrides, flatten
+from dakr.config import ExperimentConfig
 from dakr.continual.buffer import ReplayBuffer, update_buffer
 from dakr.continual.strategies import get_strategy
 from dakr.data.io import read_image, write_image
@@ -41,6 +41,7 @@ from dakr.resume import (
     saved_run_to_resume,
     stored_version,
 )
+from dakr.stage_config import describe_stage, stage_config
 from dakr.store import EvaluationRecord, Store, StoreError, VersionInfo
 from dakr.store.runs import activate_if_parent_still_active
 from dakr.training.strategy import StageContext, Strategy
@@ -65,23 +66,6 @@ def label_values(store: Store) -> list[int]:
     if not store.label_names:
         raise StoreError(f"store {store.path} has no sites yet. Fix: add one with `dakr site add`")
     return sorted(store.label_names.values())
-
-
-def stage_config(store: Store, parent: VersionInfo | None, overrides: dict[str, Any] | None) -> ExperimentConfig:
-    """The parent's config with ``overrides`` applied; preprocessing and network are fixed by the base model."""
-    overrides = dict(overrides or {})
-    if parent is None:
-        return apply_overrides(ExperimentConfig(), overrides)
-    inherited = ExperimentConfig.from_dict(parent.config)
-    current = flatten(inherited.to_dict())
-    requested = flatten(apply_overrides(inherited, overrides).to_dict())
-    fixed = [k for k in overrides if k.startswith(("net.", "preprocess.")) and requested[k] != current[k]]
-    if fixed:
-        raise ConfigError(
-            f"{', '.join(fixed)} cannot change after the base model: they are fixed by version {parent.id}. "
-            "Fix: drop these overrides, or start a new store"
-        )
-    return apply_overrides(inherited, overrides)
 
 
 def build_model(config: ExperimentConfig, num_classes: int, tensors: dict[str, torch.Tensor] | None, device: torch.device) -> nn.Module:
@@ -186,7 +170,9 @@ def adapt(
             refuse_unfinished_run(work_dir)
         saved, parent = None, store.active_version()
     strategy_cls = get_strategy(strategy)
-    config = stage_config(store, parent, overrides)
+    config = stage_config(parent, overrides)
+    for line in describe_stage(parent, config):
+        progress(ProgressEvent(stage="config", message=line))
     run = new_run(store, site=site, strategy=strategy, parent=parent, config=config, job_id=job_id)
     if saved is not None:
         run = require_same_job(saved, run, work_dir)

@@ -45,15 +45,22 @@ def test_cli_workflow(tmp_path, capsys, synthetic_sites):
     assert main(["init", store]) == 0
     for name in ("siteA", "siteB"):
         assert main(["site", "add", store, name, str(synthetic_sites[name])]) == 0
+    capsys.readouterr()
     assert main(["adapt", store, "--site", "siteA", "--strategy", "finetune", "--config", str(config)]) == 0
+    first = capsys.readouterr()
+    assert first.err.startswith("[config] training from: base model (no parent)")
+    assert "settings that differ from the defaults: " in first.err and "train.steps_per_epoch=4" in first.err
+    assert "version 1 (finetune on siteA, base model (no parent)) is now active" in first.out
     assert main(["adapt", store, "--site", "siteB", "--config", str(config), "--set", "train.steps_per_epoch=2"]) == 0
     out = capsys.readouterr().out
     assert "version 2 (dakr on siteB, parent 1) is now active" in out
+    assert "siteA" in out and "siteB" in out and "v1" in out and "v2" in out
     assert main(["models", store]) == 0
     assert "* 2" in capsys.readouterr().out.replace("*2", "* 2")
     assert main(["rollback", store, "1"]) == 0
     assert main(["evaluate", store, "--version", "1"]) == 0
-    assert "siteB" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "siteB" in table and "v1" in table and "v2" not in table
     image = next((synthetic_sites["siteB"] / "imagesTr").iterdir())
     assert main(["predict", store, str(image), str(tmp_path / "pred.nii.gz")]) == 0
     assert (tmp_path / "pred.nii.gz").exists()

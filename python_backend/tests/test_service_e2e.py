@@ -97,7 +97,7 @@ def test_register_adapt_follow_matrix_rollback_predict(tmp_path: Path) -> None:
         assert steps == [1, 2, 3] and "evaluate" in {event["stage"] for event in events}
         assert client.get(f"/jobs/{first.json()['job_id']}").json()["result"]["version"] == 1
 
-        second = client.post("/jobs", json={"kind": "adapt", "site": "B", "config": {"train.steps_per_epoch": 2}})
+        second = client.post("/jobs", json={"kind": "adapt", "site": "B", "config": {**TINY_CONFIG, "train.steps_per_epoch": 2}})
         job = wait_until_final(client, second.json()["job_id"])
         assert job["state"] == "succeeded" and job["result"]["version"] == 2 and job["result"]["active"], job
 

@@ -109,7 +109,7 @@ def test_evaluate_job_records_dice_on_every_site(client: TestClient, store: Stor
 @pytest.mark.slow
 def test_sigkill_mid_training_keeps_the_store_consistent_and_resume_completes(client: TestClient, store: Store) -> None:
     add_tiny_version(store, "A", None)
-    job_id = start_adapt(client, "B", {"train.steps_per_epoch": 12, "train.checkpoint_every": 1})
+    job_id = start_adapt(client, "B", {**TINY_CONFIG, "train.steps_per_epoch": 12, "train.checkpoint_every": 1})
     wait_for_train_step(client, job_id, 3)
     os.killpg(store.job(job_id).pid, signal.SIGKILL)
     job = wait_for(lambda: (j := job_state(client, job_id))["state"] == "interrupted" and j, 15, "interrupted")
@@ -137,7 +137,7 @@ def test_sigkill_mid_training_keeps_the_store_consistent_and_resume_completes(cl
 @pytest.mark.slow
 def test_cancel_checkpoints_and_resume_finishes(client: TestClient, store: Store) -> None:
     add_tiny_version(store, "A", None)
-    job_id = start_adapt(client, "B", {"train.steps_per_epoch": 12, "train.checkpoint_every": 0})
+    job_id = start_adapt(client, "B", {**TINY_CONFIG, "train.steps_per_epoch": 12, "train.checkpoint_every": 0})
     wait_for_train_step(client, job_id, 2)
     assert client.post(f"{API}/jobs/{job_id}/cancel").status_code == 200
     job = wait_until_final(client, job_id, timeout_s=30)
@@ -183,7 +183,7 @@ def test_worker_reports_failures_and_unknown_jobs(store: Store) -> None:
 def test_monitor_records_workers_that_die_without_reporting(
     store: Store, monkeypatch: pytest.MonkeyPatch, script: str, state: str, message: str
 ) -> None:
-    monkeypatch.setattr(jobs_module, "worker_command", lambda store_path, job_id: [sys.executable, "-c", script, job_id])
+    monkeypatch.setattr(jobs_module, "worker_command", lambda store_path, job_id, threads: [sys.executable, "-c", script, job_id])
     with TestClient(create_app(store.path)) as client:
         add_tiny_version(store, "A", None)
         job_id = client.post(f"{API}/models/1/evaluate").json()["job_id"]

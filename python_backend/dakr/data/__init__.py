@@ -1,33 +1,42 @@
-"""Data: reading volumes, describing and validating sites, preprocessing and patch sampling."""
+"""Data: reading volumes, describing and validating sites, preprocessing and patch sampling.
 
-from dakr.data.errors import DataError, SiteValidationError
-from dakr.data.io import SUPPORTED_SUFFIXES, image_suffix, label_image_like, read_image, sniff_format, write_image
-from dakr.data.names import check_label_names, validate_name
-from dakr.data.preprocessing import PreprocessedCase, preprocess_case, preprocess_image, restore_geometry
-from dakr.data.sampling import PatchSampler
-from dakr.data.site import CaseFiles, SiteSpec, case_id_from_image, discover_site, site_from_pairs
-from dakr.data.validation import validate_site
+The names below are imported on first use, so that light modules (``dakr.data.errors``,
+``dakr.data.names``) do not load SimpleITK, torch or MONAI.
+"""
 
-__all__ = [
-    "SUPPORTED_SUFFIXES",
-    "CaseFiles",
-    "DataError",
-    "PatchSampler",
-    "PreprocessedCase",
-    "SiteSpec",
-    "SiteValidationError",
-    "case_id_from_image",
-    "check_label_names",
-    "discover_site",
-    "image_suffix",
-    "label_image_like",
-    "preprocess_case",
-    "preprocess_image",
-    "read_image",
-    "restore_geometry",
-    "site_from_pairs",
-    "sniff_format",
-    "validate_name",
-    "validate_site",
-    "write_image",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DataError": "errors",
+    "SiteValidationError": "errors",
+    "SUPPORTED_SUFFIXES": "io",
+    "image_suffix": "io",
+    "label_image_like": "io",
+    "read_image": "io",
+    "sniff_format": "io",
+    "write_image": "io",
+    "check_label_names": "names",
+    "validate_name": "names",
+    "PreprocessedCase": "preprocessing",
+    "preprocess_case": "preprocessing",
+    "preprocess_image": "preprocessing",
+    "restore_geometry": "preprocessing",
+    "PatchSampler": "sampling",
+    "CaseFiles": "site",
+    "SiteSpec": "site",
+    "case_id_from_image": "site",
+    "discover_site": "site",
+    "site_from_pairs": "site",
+    "validate_site": "validation",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

@@ -22,6 +22,7 @@ import SimpleITK as sitk
 
 from dakr.data.errors import DataError
 from dakr.data.names import MAX_LABEL_VALUE
+from dakr.output_paths import user_file_mode
 
 #: File endings this package reads and writes, longest first so ``.seg.nrrd`` wins over ``.nrrd``.
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
@@ -227,6 +228,7 @@ def write_image(image: sitk.Image, path: str | PathLike[str]) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(handle)
     try:
+        os.chmod(temporary, user_file_mode())
         sitk.WriteImage(image, temporary, useCompression=True)
         with open(temporary, "r+b") as written:
             os.fsync(written.fileno())

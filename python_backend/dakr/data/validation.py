@@ -134,8 +134,9 @@ def _geometry_problems(image: sitk.Image, label: sitk.Image, case: CaseFiles) ->
     if image.GetSize() != label.GetSize():
         sizes = f"label-map size {_size(label)} differs from image size {_size(image)} ({case.image.name})"
         offset = _grid_offset(label, image)
-        if offset is None:
-            return [DataError(case.label, sizes, _GEOMETRY_FIX)]
+        if offset is None or not _block_inside(offset, label, image):
+            geometries = f"the geometries disagree: label map {_geometry(label)}; image {_geometry(image)}"
+            return [DataError(case.label, f"{sizes}; {geometries}", _GEOMETRY_FIX)]
         return [
             DataError(
                 case.label,
@@ -172,6 +173,18 @@ def _grid_offset(label: sitk.Image, image: sitk.Image) -> tuple[int, ...] | None
     if np.any(np.abs(index - np.round(index)) > tolerance):
         return None
     return tuple(int(i) for i in np.round(index))
+
+
+def _block_inside(offset: tuple[int, ...], label: sitk.Image, image: sitk.Image) -> bool:
+    """Whether a label grid starting at voxel ``offset`` of the image grid lies wholly inside the image."""
+    return all(0 <= start and start + size <= limit for start, size, limit in zip(offset, label.GetSize(), image.GetSize()))
+
+
+def _geometry(image: sitk.Image) -> str:
+    return (
+        f"size {_size(image)}, spacing {_fmt(image.GetSpacing())} mm, origin {_fmt(image.GetOrigin())} mm, "
+        f"direction {_fmt(image.GetDirection())}"
+    )
 
 
 def _fmt(values: tuple[float, ...]) -> str:

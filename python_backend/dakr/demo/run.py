@@ -68,7 +68,8 @@ def _value(dice: float | None) -> float:
 def print_summary(sites: list[str], stages: list[str], matrix: np.ndarray) -> None:
     """Per-site Dice (points) after each stage, then ACC and BWT of the final model."""
     print("\nDice (%) on each site's audit cases after each stage")
-    print(f"{'after':<28}" + "".join(f"{s[:16]:>18}" for s in sites))
+    width = max(len(s) for s in sites) + 2
+    print(f"{'after':<28}" + "".join(f"{s:>{width}}" for s in sites))
     for stage, row in zip(stages, matrix):
-        print(f"{stage:<28}" + "".join(f"{'–' if np.isnan(v) else f'{v:.1f}':>18}" for v in row))
+        print(f"{stage:<28}" + "".join(f"{'–' if np.isnan(v) else f'{v:.1f}':>{width}}" for v in row))
     print(f"ACC {acc(matrix):.1f}   BWT {bwt(matrix):+.1f} (negative = forgetting)")

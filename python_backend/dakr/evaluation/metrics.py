@@ -14,11 +14,15 @@ e.g. ``[1, 2, 3]``). Conventions for classes missing from a volume:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
+
+#: The deprecation warning MONAI raises from inside compute_hausdorff_distance (nothing a caller can change).
+_MONAI_EDGES_WARNING = r".*get_mask_edges:always_return_as_numpy"
 
 
 def dice_per_class(pred_zyx: np.ndarray, label_zyx: np.ndarray, class_values: Sequence[int]) -> dict[int, float]:
@@ -50,13 +54,16 @@ def hd95_per_class(
     result = {int(v): math.nan if not (in_pred[c] or in_truth[c]) else math.inf for c, v in enumerate(class_values)}
     scored = [c for c in range(len(class_values)) if in_pred[c] and in_truth[c]]
     if scored:
-        distances = compute_hausdorff_distance(
-            pred[:, scored],
-            truth[:, scored],
-            include_background=True,
-            percentile=95,
-            spacing=[float(s) for s in reversed(spacing_xyz)],
-        )[0]
+        with warnings.catch_warnings():
+            # MONAI 1.5-1.6 passes its own deprecated argument to get_mask_edges internally.
+            warnings.filterwarnings("ignore", message=_MONAI_EDGES_WARNING, category=FutureWarning)
+            distances = compute_hausdorff_distance(
+                pred[:, scored],
+                truth[:, scored],
+                include_background=True,
+                percentile=95,
+                spacing=[float(s) for s in reversed(spacing_xyz)],
+            )[0]
         result.update({int(class_values[c]): float(d) for c, d in zip(scored, distances)})
     return result
 

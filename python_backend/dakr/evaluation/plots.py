@@ -19,6 +19,7 @@ from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from dakr.display import format_dice_points
 from dakr.evaluation.audit import GAINED, LOST, STILL_WRONG, CaseVolumes, centre_of_mass
 
 #: Label colours by value (1 -> first entry, cycling); red and green are kept for the change map.
@@ -28,11 +29,6 @@ CHANGE_COLORS = {GAINED: ("#2ca02c", "gained (now correct)"), LOST: ("#d62728", 
                  STILL_WRONG: ("#ffd700", "changed, still wrong")}
 OVERLAY_ALPHA = 0.55
 _DPI = 110
-
-
-def format_dice_points(value: float | None) -> str:
-    """Dice fraction as points with one decimal (``0.8523`` -> ``"85.2"``), ``"–"`` when missing."""
-    return "–" if value is None or math.isnan(value) else f"{100.0 * value:.1f}"
 
 
 def label_color(value: int) -> str:

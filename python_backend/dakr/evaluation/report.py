@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from dakr.display import format_dice_points
 from dakr.evaluation.accuracy import (
     AccuracyMatrix,
     accuracy_matrix,
@@ -29,7 +30,6 @@ from dakr.evaluation.accuracy import (
 from dakr.evaluation.audit import GAINED, LOST, STILL_WRONG, CaseVolumes, load_case_volumes
 from dakr.evaluation.plots import (
     CHANGE_COLORS,
-    format_dice_points,
     label_color,
     save_case_figure,
     save_heatmap,
@@ -217,6 +217,7 @@ def _header(context: _Context) -> str:
         ("Labels", labels or MISSING),
         ("Sites", _text(sites or "none registered")),
         ("Active version", _text(active)),
+        ("Summary figure", f'<a href="{_text(quote(SUMMARY_FIGURE))}">{_text(SUMMARY_FIGURE)}</a> (Dice matrix and one audit case, for slides)'),
     ]
     return '<dl class="meta">' + "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in items) + "</dl>"
 
@@ -289,7 +290,7 @@ def _reference_note(matrix: AccuracyMatrix) -> str:
     base = matrix.stages[0]
     values = ", ".join(f"{site} {format_dice_points(value)}" for site, value in zip(matrix.sites, matrix.reference))
     return (
-        f"<p>FWT reference (METHOD.md): b<sub>j</sub> = Dice of the stage-1 model v{base.id} on site j "
+        f"<p>FWT reference: b<sub>j</sub> = Dice of the stage-1 model v{base.id} on site j "
         f"(zero-shot reference), i.e. the first row of R: {_text(values)}.</p>"
     )
 

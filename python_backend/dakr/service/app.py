@@ -18,14 +18,17 @@ from dakr.config import ConfigError
 from dakr.data.errors import DataError, SiteValidationError
 from dakr.service import routes_audit, routes_info, routes_jobs, routes_models, routes_shift, routes_sites
 from dakr.service.context import ServiceContext
+from dakr.service.docs import add_offline_docs
 from dakr.service.jobs import JobConflict, JobRunner, JobStateError
 from dakr.service.uploads import UploadLimitMiddleware
 from dakr.service.security import ServiceConfigError, bearer_token_dependency, check_bind, is_loopback
 from dakr.store import Store, StoreError
+from dakr.threads import use_torch_threads
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+OPENAPI_URL = "/openapi.json"
 #: Largest request body (all uploaded files together) accepted by default.
 DEFAULT_MAX_UPLOAD_MB = 2048.0
 #: Seconds a cancelled worker gets to checkpoint and exit before its process group is killed.
@@ -44,7 +47,8 @@ def create_app(
 
     ``loopback`` says the server listens only on this machine; otherwise a ``token`` is
     required (:class:`ServiceConfigError`). With a token every request must carry
-    ``Authorization: Bearer <token>`` and the interactive docs are off. Jobs left running by
+    ``Authorization: Bearer <token>`` and the interactive docs are off; without one ``/docs``
+    and ``/redoc`` are served from packaged assets. Jobs left running by
     a previous server whose worker is gone are marked ``interrupted`` at startup.
     """
     check_bind(loopback, token)
@@ -66,10 +70,12 @@ def create_app(
         version=__version__,
         summary="Continual multi-site segmentation: sites, adapt jobs, model versions, audit and prediction.",
         lifespan=lifespan,
-        docs_url="/docs" if token is None else None,
+        docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json" if token is None else None,
+        openapi_url=OPENAPI_URL if token is None else None,
     )
+    if token is None:
+        add_offline_docs(app, OPENAPI_URL)
     app.add_middleware(UploadLimitMiddleware, max_mb=max_upload_mb)
     app.state.context = ServiceContext(store=store, runner=runner, loopback=loopback)
     dependencies = [Depends(bearer_token_dependency(token))] if token is not None else []
@@ -116,13 +122,15 @@ def serve_main(
 ) -> int:
     """Run the API server until interrupted; returns the exit code (2 for a refused configuration).
 
-    Binding to an address other than loopback needs a ``token``.
+    Binding to an address other than loopback needs a ``token``. The server's own predictions use
+    half the usable cores (one at a time), leaving the rest to the job workers it starts.
     """
     try:
         app = create_app(store_path, token=token, loopback=is_loopback(host), max_upload_mb=max_upload_mb)
     except (ServiceConfigError, StoreError) as exc:
         print(f"dakr serve: {exc}", file=sys.stderr)
         return 2
+    use_torch_threads(concurrent=2)
     auth = "token required" if token else "no token (loopback only)"
     print(f"dakr serve: store {Path(store_path).resolve()} on http://{host}:{port}{API_PREFIX} ({auth})", file=sys.stderr)
     uvicorn.run(app, host=host, port=port, log_level="info")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from fastapi import HTTPException, Request, status
 
@@ -19,6 +20,8 @@ class ServiceContext:
     runner: JobRunner
     #: The server only listens on this machine; server-side paths may then be registered.
     loopback: bool
+    #: Held while the server process itself runs a network (predictions), so requests never stack torch work.
+    torch_work: threading.Lock = field(default_factory=threading.Lock)
 
 
 def get_context(request: Request) -> ServiceContext:

@@ -22,6 +22,7 @@ from dakr.service import processes
 from dakr.service.job_files import LOG_FILE
 from dakr.store import Store
 from dakr.store.records import JobRecord
+from dakr.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ class JobStateError(Exception):
     """The job's state does not allow the request, e.g. cancelling a finished job (HTTP 409)."""
 
 
-def worker_command(store_path: Path, job_id: str) -> list[str]:
-    """The command line of the worker process of a job."""
-    return [sys.executable, "-m", "dakr", "worker", str(store_path), job_id]
+def worker_command(store_path: Path, job_id: str, threads: int) -> list[str]:
+    """The command line of the worker process of a job that may use ``threads`` torch threads."""
+    return [sys.executable, "-m", "dakr", "worker", str(store_path), job_id, "--threads", str(threads)]
 
 
 class JobRunner:
@@ -198,10 +199,12 @@ class JobRunner:
         job_dir = self.store.job_dir(job_id)
         job_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        running = sum(1 for process in self._children.values() if process.poll() is None)
+        threads = torch_threads(self.store.job(job_id).params.get("threads"), concurrent=running + 1)
         with (job_dir / LOG_FILE).open("ab") as log_file:
             try:
                 process = subprocess.Popen(
-                    worker_command(self.store_path, job_id),
+                    worker_command(self.store_path, job_id, threads),
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,

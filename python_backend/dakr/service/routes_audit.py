@@ -53,7 +53,8 @@ def case_prediction(
 ) -> FileResponse:
     record = case_or_404(context.store, site, case_id)
     version_id = version_or_active(context.store, version)
-    path = pipeline.audit_prediction(context.store, version_id, record.site, record.case_id)
+    with context.torch_work:
+        path = pipeline.audit_prediction(context.store, version_id, record.site, record.case_id)
     return _nifti(path, f"{site}_{case_id}_v{version_id}.nii.gz")
 
 

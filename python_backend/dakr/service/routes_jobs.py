@@ -6,13 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
-from dakr import pipeline
+from dakr.config import flatten
 from dakr.continual.strategies import get_strategy
 from dakr.progress import read_events
 from dakr.service.context import ServiceContext, get_context, job_or_404
 from dakr.service.job_files import EVENTS_FILE, LOG_FILE, last_event, tail_lines
 from dakr.service.schemas import AdaptJobIn, ConflictOut, ErrorOut, EventsOut, JobCreatedOut, JobOut, LogOut
 from dakr.service.security import safe_name
+from dakr.stage_config import stage_config
 from dakr.store import JobRecord, Store, StoreError
 
 router = APIRouter(tags=["jobs"])
@@ -47,17 +48,18 @@ def start_job(request: AdaptJobIn, context: ServiceContext = Depends(get_context
     """Checks the site, strategy and config overrides before the worker starts; one training job at a time."""
     store = context.store
     safe_name(request.site, "site")
+    overrides = flatten(request.config)
     try:
         site = store.site(request.site)
         get_strategy(request.strategy)
-        pipeline.stage_config(store, store.active_version(), request.config)
+        stage_config(store.active_version(), overrides)
     except (StoreError, ValueError) as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     if site.purged:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, f"site {site.name!r} was purged; register its data again under a new name"
         )
-    params = {"site": site.name, "strategy": request.strategy, "config": request.config}
+    params = {"site": site.name, "strategy": request.strategy, "config": overrides, "threads": request.threads}
     job = context.runner.submit("adapt", params)
     return JobCreatedOut(job_id=job.id)
 

@@ -130,7 +130,9 @@ def predict(
         source = folder / name
         with source.open("wb") as handle:
             shutil.copyfileobj(file.file, handle)
-        result = predict_with_shift(context.store, read_image(source), version_id)
+        image = read_image(source)
+        with context.torch_work:
+            result = predict_with_shift(context.store, image, version_id)
         target = folder / f"{case_id_from_image(name)}{'_uncertainty' if output == 'uncertainty' else ''}{suffix}"
         write_image(result.labels if output == "labels" else result.uncertainty, target)
     except BaseException:

@@ -8,6 +8,9 @@ from pydantic import BaseModel, Field
 
 from dakr.progress import ProgressEvent
 
+#: The unit of every Dice value in the API (people-facing tables show points, i.e. this times 100).
+DICE_UNIT = "as a fraction from 0 to 1 (the CLI, report and README show Dice points: fraction x 100)"
+
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 
 
@@ -70,8 +73,11 @@ class AdaptJobIn(BaseModel):
     kind: Literal["adapt"]
     site: str
     strategy: str = "dakr"
-    #: Dotted config overrides, e.g. ``{"train.epochs": 2}``.
+    #: Config overrides with nested or dotted keys, like a CLI config file:
+    #: ``{"train": {"epochs": 2}}`` or ``{"train.epochs": 2}``.
     config: dict[str, Any] = Field(default_factory=dict)
+    #: torch threads of the job's worker (default: the server's cores divided among its running workers).
+    threads: int | None = Field(default=None, ge=1)
 
 
 class JobCreatedOut(BaseModel):
@@ -87,10 +93,11 @@ class JobOut(BaseModel):
     created: str
     updated: str
     error: str | None
-    #: Adapt jobs: ``{"version": id, "active": bool, "activation": one line}``; a version is activated only if
-    #: the active version was still its parent, otherwise ``activation`` says why not and how to activate it.
-    #: Evaluate jobs: ``{"version": id, "dice": {site: mean Dice}}``.
-    result: dict[str, Any] | None
+    result: dict[str, Any] | None = Field(
+        description='adapt jobs: `{"version": id, "active": bool, "activation": one line}` (a version is activated '
+        "only if the active version was still its parent; otherwise `activation` says why not and how to activate "
+        'it); evaluate jobs: `{"version": id, "dice": {site: mean foreground Dice}}` ' + DICE_UNIT
+    )
 
 
 class EventsOut(BaseModel):
@@ -112,8 +119,7 @@ class ModelOut(BaseModel):
     seed: int
     config: dict[str, Any]
     active: bool
-    #: Mean foreground Dice on each evaluated site's audit cases.
-    dice: dict[str, float]
+    dice: dict[str, float] = Field(description="mean foreground Dice on each evaluated site's audit cases, " + DICE_UNIT)
 
 
 class MatrixOut(BaseModel):
@@ -121,15 +127,15 @@ class MatrixOut(BaseModel):
 
     versions: list[int]
     sites: list[str]
-    dice: list[list[float | None]]
-    per_class: dict[str, list[list[float | None]]]
+    dice: list[list[float | None]] = Field(description="mean foreground Dice [version][site], " + DICE_UNIT)
+    per_class: dict[str, list[list[float | None]]] = Field(description="per label name, Dice [version][site], " + DICE_UNIT)
 
 
 class CaseDiceOut(BaseModel):
     """Mean foreground Dice of one audit case under two versions; ``null`` where not evaluated."""
 
-    before: float | None
-    after: float | None
+    before: float | None = Field(description=DICE_UNIT)
+    after: float | None = Field(description=DICE_UNIT)
 
 
 class CaseShiftOut(BaseModel):

@@ -29,6 +29,7 @@ from dakr.service import processes
 from dakr.service.job_files import ATTEMPTS_FILE, EVENTS_FILE, WORK_DIR
 from dakr.store import JobRecord, Store, StoreError
 from dakr.store.runs import activation_summary
+from dakr.threads import use_torch_threads
 from dakr.training import TrainingCancelled
 
 log = logging.getLogger("dakr.worker")
@@ -74,8 +75,11 @@ class StopRequest:
         self.reason = self.reason or "orphaned"
 
 
-def worker_main(store_path: str | Path, job_id: str) -> int:
-    """Run job ``job_id`` of the store at ``store_path``; returns the process exit code (0 unless it failed)."""
+def worker_main(store_path: str | Path, job_id: str, *, threads: int | None = None) -> int:
+    """Run job ``job_id`` of the store at ``store_path`` with ``threads`` torch threads (see :mod:`dakr.threads`).
+
+    Returns the process exit code (0 unless it failed).
+    """
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         store = Store.open(store_path)
@@ -90,7 +94,7 @@ def worker_main(store_path: str | Path, job_id: str) -> int:
     stop.install()
     store.update_job(job_id, state="running", pid=os.getpid(), error=None)
     how = "resumed from its checkpoint" if resume else "started again (no checkpoint yet)" if ran_before else "started"
-    log.info("job %s (%s) %s with params %s", job_id, job.kind, how, job.params)
+    log.info("job %s (%s) %s with params %s, %d torch threads", job_id, job.kind, how, job.params, use_torch_threads(threads))
     progress = _progress(job_dir / EVENTS_FILE)
     try:
         result = _run(store, job, progress, job_dir / WORK_DIR, resume, stop)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dakr.data.io import read_image, write_image
-from dakr.data.site import SiteSpec
 from dakr.progress import ProgressCallback, ProgressEvent, null_progress
 from dakr.store.records import StoreError
+
+if TYPE_CHECKING:
+    from dakr.data.site import SiteSpec
 
 IMAGE_FILE = "image.nii.gz"
 LABEL_FILE = "label.nii.gz"
@@ -39,6 +41,8 @@ def frozen_split(case_ids: list[str], audit_fraction: float, seed: int) -> dict[
 
 def copy_cases(spec: SiteSpec, folder: Path, progress: ProgressCallback | None = None) -> None:
     """Copy every case of ``spec`` as NIfTI into ``folder/<case>/{image,label}.nii.gz``."""
+    from dakr.data.io import read_image, write_image
+
     report = progress or null_progress
     cases = sorted(spec.cases, key=lambda case: case.case_id)
     for step, case in enumerate(cases, start=1):

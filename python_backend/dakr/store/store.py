@@ -22,15 +22,11 @@ import shutil
 import sqlite3
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import load_file
 
 from dakr.data.names import validate_name
-from dakr.data.site import SiteSpec
-from dakr.data.validation import validate_site
 from dakr.progress import ProgressCallback
 from dakr.store.aggregate import class_site_means, site_means
 from dakr.store.buffers import check_buffer, drop_sites
@@ -76,6 +72,11 @@ from dakr.store.records import (
 from dakr.store.runs import insert_version_run
 from dakr.store.schema import DB_NAME, check_schema, connect, create_schema, dump_json, load_json, transaction
 from dakr.store.sites import IMAGE_FILE, LABEL_FILE, check_audit_fraction, copy_cases, frozen_split
+
+if TYPE_CHECKING:
+    import torch
+
+    from dakr.data.site import SiteSpec
 
 _JOB_FIELDS = ("state", "error", "result", "pid")
 
@@ -169,6 +170,8 @@ class Store:
         Raises ``ValueError`` for a bad name, :class:`StoreError` if the site exists and
         ``SiteValidationError`` listing every problem of the data. Nothing is stored on failure.
         """
+        from dakr.data.validation import validate_site
+
         validate_name(name, "site")
         check_audit_fraction(audit_fraction)
         with connect(self._db) as conn:
@@ -327,6 +330,8 @@ class Store:
 
     def load_tensors(self, version_id: int) -> dict[str, torch.Tensor]:
         """The weights of a version as CPU tensors (safetensors, never unpickled)."""
+        from safetensors.torch import load_file
+
         return load_file(str(self.version_dir(version_id) / WEIGHTS_FILE))
 
     def load_buffer(self, version_id: int) -> dict[str, np.ndarray] | None:
@@ -452,6 +457,8 @@ class Store:
 
 
 def _check_tensors(tensors: dict[str, torch.Tensor]) -> None:
+    import torch
+
     if not tensors or not all(isinstance(value, torch.Tensor) for value in tensors.values()):
         raise StoreError("tensors must be a non-empty dict of torch.Tensor. Fix: pass model.state_dict()")
 

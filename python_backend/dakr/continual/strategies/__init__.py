@@ -9,13 +9,12 @@ from dakr.continual.strategies.finetune import Finetune
 from dakr.continual.strategies.joint import Joint
 from dakr.continual.strategies.lwf import LwF
 from dakr.continual.strategies.replay import Replay
+from dakr.continual.strategy_names import MAIN_STRATEGIES, STRATEGY_NAMES
 from dakr.training.strategy import Strategy
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (DAKR, Replay, Finetune, EWC, LwF, Joint, Distill, DAKRCNAOnly, DAKRCRAOnly)
-}
-#: The six strategies every benchmark compares.
-MAIN_STRATEGIES = ("finetune", "replay", "ewc", "lwf", "joint", "dakr")
+_CLASSES = {cls.name: cls for cls in (DAKR, Replay, Finetune, EWC, LwF, Joint, Distill, DAKRCNAOnly, DAKRCRAOnly)}
+STRATEGIES: dict[str, type[Strategy]] = {name: _CLASSES[name] for name in STRATEGY_NAMES}
+__all__ = ["MAIN_STRATEGIES", "STRATEGIES", "STRATEGY_NAMES", "get_strategy"]
 
 
 def get_strategy(name: str) -> type[Strategy]:
