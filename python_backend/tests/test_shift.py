@@ -47,7 +47,7 @@ def test_shift_score_orders_a_different_site_above_a_near_copy(shift_store):
     assert far.unlike_known and not near.unlike_known
     assert "unlike every known site" in far.verdict
     assert "looks like site siteA" in near.verdict
-    assert 0.0 <= far.dice <= 100.0 and set(far.dice_per_structure) == {"inner", "outer"}
+    assert 0.0 <= far.dice <= 1.0 and set(far.dice_per_structure) == {"inner", "outer"}
 
 
 def test_calibration_uses_audit_cases_only(shift_store):

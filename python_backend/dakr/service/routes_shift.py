@@ -21,7 +21,7 @@ router = APIRouter(tags=["shift"])
     "/sites/{site}/check",
     response_model=SiteCheckOut,
     responses={404: {"model": ErrorOut, "description": "unknown site"}, 409: {"model": ErrorOut, "description": "no model yet"}},
-    summary="How far a registered site is from the known ones, and the active model's Dice on it (points)",
+    summary="How far a registered site is from the known ones, and the active model's Dice on it",
 )
 def site_check(site: str, context: ServiceContext = Depends(get_context)) -> SiteCheckOut:
     site_or_404(context.store, site)

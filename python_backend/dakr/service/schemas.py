@@ -143,8 +143,8 @@ class CaseShiftOut(BaseModel):
     split: str
     shift_score: float
     nearest_site: str
-    dice: float = Field(description="mean foreground Dice in points (0-100)")
-    dice_per_structure: dict[str, float] = Field(description="Dice in points per structure")
+    dice: float = Field(description="mean foreground Dice " + DICE_UNIT)
+    dice_per_structure: dict[str, float] = Field(description="Dice per structure " + DICE_UNIT)
 
 
 class SiteCheckOut(BaseModel):
@@ -156,9 +156,9 @@ class SiteCheckOut(BaseModel):
     mmd: dict[str, float] = Field(description="squared kernel MMD to each known site's training cases")
     nearest_site: str
     unlike_known: bool
-    dice: float = Field(description="active model's mean foreground Dice on the site's cases, in points")
-    dice_per_structure: dict[str, float]
-    known_sites_dice: float | None = Field(description="active model's Dice on the known sites' audit cases, in points")
+    dice: float = Field(description="active model's mean foreground Dice on the site's cases " + DICE_UNIT)
+    dice_per_structure: dict[str, float] = Field(description=DICE_UNIT)
+    known_sites_dice: float | None = Field(description="active model's Dice on the known sites' audit cases " + DICE_UNIT)
     adapt_recommended: bool
     cases: list[CaseShiftOut]
     verdict: str

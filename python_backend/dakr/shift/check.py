@@ -18,6 +18,7 @@ import torch
 
 from dakr.data.io import read_image
 from dakr.data.preprocessing import preprocess_image, restore_geometry
+from dakr.display import format_dice_points
 from dakr.evaluation.metrics import dice_per_class
 from dakr.progress import ProgressCallback, ProgressEvent, null_progress
 from dakr.shift.distances import mmd_squared
@@ -31,7 +32,7 @@ ADAPT_GAP_POINTS = 5.0
 
 @dataclass
 class CaseShift:
-    """One case of the checked site: its shift score, nearest known site and Dice in points."""
+    """One case of the checked site: its shift score, nearest known site and Dice (fractions 0-1)."""
 
     case_id: str
     split: str
@@ -43,7 +44,7 @@ class CaseShift:
 
 @dataclass
 class SiteCheck:
-    """Result of :func:`check_site`; Dice values are in points (0-100)."""
+    """Result of :func:`check_site`; Dice values are fractions 0-1 as everywhere in the store and API."""
 
     site: str
     version: int
@@ -66,9 +67,9 @@ class SiteCheck:
             looks = f"unlike every known site (median shift {self.median_shift:.2f} > threshold {self.threshold:.2f})"
         else:
             looks = f"looks like site {self.nearest_site} (median shift {self.median_shift:.2f}, threshold {self.threshold:.2f})"
-        known = "" if self.known_sites_dice is None else f" vs {self.known_sites_dice:.1f} on known sites"
+        known = "" if self.known_sites_dice is None else f" vs {format_dice_points(self.known_sites_dice)} on known sites"
         advice = "adapt" if self.adapt_recommended else "adaptation optional"
-        return f"{looks}; current model Dice {self.dice:.1f}{known} — {advice}"
+        return f"{looks}; current model Dice {format_dice_points(self.dice)}{known} — {advice}"
 
     def to_dict(self) -> dict:
         """JSON-ready form, with the verdict sentence."""
@@ -101,7 +102,7 @@ def check_site(
         predicted = restore_geometry(np.asarray(values, dtype=np.uint8)[analysis.prediction], grid, image)
         dice = dice_per_class(sitk.GetArrayFromImage(predicted), sitk.GetArrayFromImage(read_image(case.label_path)), foreground)
         score, nearest = reference.score(analysis.embedding)
-        per_structure = {names[v]: 100.0 * dice[v] for v in foreground}
+        per_structure = {names[v]: dice[v] for v in foreground}
         results.append(CaseShift(case.case_id, case.split, score, nearest, float(np.mean(list(per_structure.values()))), per_structure))
         embeddings.append(analysis.embedding)
         progress(ProgressEvent(stage="shift", step=index, total=len(cases), message=f"checking {site}/{case.case_id}"))
@@ -116,11 +117,11 @@ def check_site(
     median_shift = float(np.median([r.shift_score for r in results]))
     nearest = min(mmd, key=mmd.__getitem__) if mmd else min(reference.distances(new.mean(axis=0)).items(), key=lambda kv: kv[1])[0]
     known_dice = [store.site_dice(active.id, s) for s in reference.sites if s != site]
-    known_dice = [100.0 * d for d in known_dice if d is not None]
+    known_dice = [d for d in known_dice if d is not None]
     known_sites_dice = float(np.mean(known_dice)) if known_dice else None
     dice = float(np.mean([r.dice for r in results]))
     structures = {name: float(np.mean([r.dice_per_structure[name] for r in results])) for name in results[0].dice_per_structure}
-    adapt = known_sites_dice is not None and dice < known_sites_dice - ADAPT_GAP_POINTS
+    adapt = known_sites_dice is not None and 100.0 * (known_sites_dice - dice) > ADAPT_GAP_POINTS
     unlike = median_shift > reference.threshold
     return SiteCheck(
         site, active.id, reference.sites, reference.threshold, median_shift, mmd, nearest, unlike,
@@ -134,8 +135,8 @@ def format_check(check: SiteCheck) -> str:
     if check.mmd:
         lines.append(f"  {'known site':<32}{'MMD²':>10}")
         lines += [f"  {site:<32}{value:>10.3f}" for site, value in sorted(check.mmd.items(), key=lambda kv: kv[1])]
-    lines.append(f"  {'structure':<32}{'Dice':>10}")
-    lines += [f"  {name:<32}{value:>10.1f}" for name, value in check.dice_per_structure.items()]
+    lines.append(f"  {'structure':<32}{'Dice (points)':>14}")
+    lines += [f"  {name:<32}{format_dice_points(value):>10}" for name, value in check.dice_per_structure.items()]
     flagged = [c.case_id for c in check.cases if c.shift_score > check.threshold]
     if flagged:
         lines.append(f"  cases beyond the threshold: {', '.join(flagged)}")
