@@ -214,7 +214,7 @@ def test_a_stage_with_cna_keeps_higher_cna_alignment_than_replay():
 @pytest.mark.slow
 def test_cra_within_class_shuffle_scores_below_matched_pairs_after_training():
     events = []
-    _, strategy = run_stage("dakr-cra", progress=events.append, **{"train.batch_size": 8})
+    _, strategy = run_stage("dakr-cra", progress=events.append, **{"train.batch_size": 8, "continual.buffer_batch_size": 8})
     diagnostics = strategy.stage_diagnostics()
     assert diagnostics["cra_nhsic_matched"] > diagnostics["cra_nhsic_within_class_shuffled"] + 0.1
     assert diagnostics["cra_grad_ratio"] > 0.0

@@ -249,7 +249,7 @@ class DAKR(Replay):
                 matched = grouped_alignment(x, y, groups, continual.kernel, continual.hsic_estimator)
                 shuffled = grouped_alignment(x, y[within_group_shuffle(groups)], groups, continual.kernel, continual.hsic_estimator)
                 if matched is not None and shuffled is not None:
-                    measured.update(cna_nhsic_matched=float(matched), cna_nhsic_shuffled=float(shuffled))
+                    measured.update(cna_nhsic_matched=matched.item(), cna_nhsic_shuffled=shuffled.item())
                     terms["cna"] = continual.lambda_cna * (1.0 - matched)
             if self.use_cra:
                 pairs = self._cra_pairs(ctx, batch, features, previous)
@@ -257,7 +257,7 @@ class DAKR(Replay):
                     matched = self._cra_score(*pairs)
                     shuffled = self._cra_score(pairs.u, pairs.v[within_group_shuffle(pairs.groups)], pairs.groups)
                     if matched is not None and shuffled is not None:
-                        measured.update(cra_nhsic_matched=float(matched), cra_nhsic_within_class_shuffled=float(shuffled))
+                        measured.update(cra_nhsic_matched=matched.item(), cra_nhsic_within_class_shuffled=shuffled.item())
                         terms["cra"] = continual.lambda_cra * (1.0 - matched)
             measured.update(gradient_ratios(seg, terms, encoder_parameters(ctx.model)))
             return measured
