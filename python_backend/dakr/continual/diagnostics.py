@@ -21,7 +21,7 @@ HELD_BATCH_PURPOSE = 2
 
 
 def held_batch(ctx: StageContext) -> Batch | None:
-    """``2 × batch_size`` current-site samples and up to ``2 × buffer_batch_size`` distinct buffer samples.
+    """``4 × batch_size`` current-site samples and up to ``4 × buffer_batch_size`` distinct buffer samples.
 
     ``None`` when there is no buffer or no sampler.
     """
@@ -29,8 +29,8 @@ def held_batch(ctx: StageContext) -> Batch | None:
         return None
     config = ctx.config
     rng = np.random.default_rng([config.train.seed, ctx.stage, HELD_BATCH_PURPOSE])
-    images, labels = ctx.sampler.sample(2 * config.train.batch_size, rng)
-    count = min(len(ctx.buffer), 2 * max(config.continual.buffer_batch_size, 1))
+    images, labels = ctx.sampler.sample(4 * config.train.batch_size, rng)
+    count = min(len(ctx.buffer), 4 * max(config.continual.buffer_batch_size, 1))
     index = np.sort(rng.choice(len(ctx.buffer), size=count, replace=False))
     return Batch(
         torch.cat([torch.from_numpy(images), torch.from_numpy(ctx.buffer.images[index])]),
