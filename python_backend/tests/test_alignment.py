@@ -14,7 +14,7 @@ from dakr.config import ConfigError, ExperimentConfig, apply_overrides
 from dakr.continual.alignment import PairQueue, cna_vectors, grouped_alignment, within_group_shuffle
 from dakr.continual.blocks import sample_positions
 from dakr.continual.buffer import ReplayBuffer
-from dakr.continual.hsic import hsic, normalized_hsic, unbiased_hsic
+from dakr.continual.hsic import normalized_hsic, unbiased_hsic
 from dakr.continual.strategies import get_strategy
 from dakr.data.preprocessing import PreprocessedCase
 from dakr.data.sampling import PatchSampler

@@ -7,7 +7,6 @@ squared error instead of HSIC alignment, so the benchmark shows what the HSIC fo
 import torch
 
 from dakr.config import ExperimentConfig
-
 from dakr.continual.alignment import cna_vectors, grouped_alignment, within_group_shuffle
 from dakr.continual.diagnostics import encoder_parameters, forward_with_segmentation_loss, gradient_ratios, held_batch
 from dakr.continual.strategies.replay import Replay
