@@ -111,15 +111,42 @@ class ContinualConfig:
     lambda_cra: float = 0.5
     #: HSIC kernel for CNA and CRA: ``"gaussian"`` or ``"linear"``.
     kernel: str = "gaussian"
-    #: CNA feature reduction: ``"gap"`` (global average pooling) or ``"pooled"`` (adaptive pooling, flatten).
-    cna_reduction: str = "gap"
+    #: CNA feature reduction (METHOD.md, "CNA"): ``"pooled"`` (adaptive average pooling to
+    #: ``cna_pool_size`` per spatial dimension, then flatten), ``"spatial"`` (``cna_spatial_samples``
+    #: per-position vectors drawn at random each step), ``"prenorm"`` (the bottleneck's activations
+    #: before its final normalisation + activation, pooled like ``"pooled"``) or ``"gap"``
+    #: (global average pooling; near-constant after a non-affine InstanceNorm).
+    cna_reduction: str = "pooled"
     cna_pool_size: int = 2
+    cna_spatial_samples: int = 256
+    #: Apply CNA to the buffered samples of each batch only (spares plasticity on the new site).
+    cna_buffer_only: bool = False
     #: CRA feature pairing: ``"class_prototype"``, ``"similarity"`` or ``"index"``.
     pairing: str = "class_prototype"
+    #: CRA scoring: ``"per_class"`` (nHSIC within each class, averaged over classes with at least
+    #: ``cra_min_pairs`` pairs) or ``"stacked"`` (one nHSIC over the pairs of all classes).
+    cra_scoring: str = "per_class"
+    cra_min_pairs: int = 4
+    #: Space in which CRA pairs are chosen (no gradient): ``"previous"`` (the previous network's
+    #: bottleneck features), ``"projection"`` (a fixed random projection of the current network's
+    #: features) or ``"current"`` (the mapped features being optimised).
+    cra_pair_space: str = "previous"
+    #: ``"previous"``: the current-data side of CRA uses the previous network's features, so the
+    #: previous network anchors it; ``"none"``: both sides come from the current network.
+    cra_anchor: str = "none"
     #: Use the trainable feature mapping block in CRA (else GAP of raw features).
     mapping_block: bool = True
     mapping_hidden: int = 128
     mapping_dim: int = 64
+    #: HSIC estimator of the alignment losses: ``"unbiased"`` (Song et al., 2012) or ``"biased"``.
+    hsic_estimator: str = "unbiased"
+    #: Past pairs (without gradient) kept per alignment term and class and added to each HSIC
+    #: batch, so the kernels see more samples; 0 disables the queue.
+    hsic_queue: int = 0
+    #: Steps of a stage before CNA and CRA switch on, then steps over which their weight ramps
+    #: linearly from 0 to 1 (0: full weight at once).
+    align_warmup_steps: int = 0
+    align_ramp_steps: int = 0
     ewc_lambda: float = 1000.0
     lwf_lambda: float = 1.0
     lwf_temperature: float = 2.0
@@ -129,14 +156,23 @@ class ContinualConfig:
         choices = {
             "buffer_selection": ("random", "herding"),
             "kernel": ("gaussian", "linear"),
-            "cna_reduction": ("gap", "pooled"),
+            "cna_reduction": ("pooled", "spatial", "prenorm", "gap"),
             "pairing": ("class_prototype", "similarity", "index"),
+            "cra_scoring": ("per_class", "stacked"),
+            "cra_pair_space": ("previous", "projection", "current"),
+            "cra_anchor": ("none", "previous"),
+            "hsic_estimator": ("unbiased", "biased"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"continual.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.buffer_samples < 0 or self.buffer_megabytes < 0:
             raise ConfigError("continual.buffer_samples and continual.buffer_megabytes must be >= 0")
+        minimums = {"cna_pool_size": 1, "cna_spatial_samples": 4, "cra_min_pairs": 4, "hsic_queue": 0,
+                    "align_warmup_steps": 0, "align_ramp_steps": 0}
+        for name, minimum in minimums.items():
+            if getattr(self, name) < minimum:
+                raise ConfigError(f"continual.{name} must be >= {minimum}, got {getattr(self, name)}")
 
 
 @dataclass

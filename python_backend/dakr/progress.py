@@ -36,6 +36,8 @@ class ProgressEvent:
     #: Estimated seconds until the stage ends.
     eta_s: float | None = None
     message: str = ""
+    #: End-of-stage measurements of a strategy (``stage="diagnostics"``), see ``Strategy.stage_diagnostics``.
+    diagnostics: dict[str, float] = field(default_factory=dict)
     time: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,6 +115,8 @@ def format_event(event: ProgressEvent, width: int = 28) -> str:
         parts.append(f"{event.throughput:.1f} samples/s")
     if event.eta_s is not None:
         parts.append(f"ETA {format_seconds(event.eta_s)}")
+    if event.diagnostics:
+        parts.append(" ".join(f"{k}={v:.3f}" for k, v in event.diagnostics.items()))
     if event.message:
         parts.append(event.message)
     return " ".join(parts)

@@ -133,7 +133,7 @@ def test_class_prototype_pairing_pairs_within_class_by_cosine(spatial_dims: int)
     order = torch.tensor([2, 0, 1])
     current_maps = buffer_maps[order] * 2.0 + 0.01 * torch.randn_like(buffer_maps)
     current_labels = buffer_labels[order]
-    u, v = pair_features(buffer_maps, current_maps, buffer_labels, current_labels, "class_prototype", None, num_classes=3)
+    u, v, _ = pair_features(buffer_maps, current_maps, buffer_labels, current_labels, "class_prototype", None, num_classes=3)
     assert u.shape == v.shape == (6, 6)  # 3 images x 2 classes
     # every current prototype is a scaled copy of its buffer partner: cosine ~ 1 row by row
     assert torch.nn.functional.cosine_similarity(u, v).min() > 0.99
@@ -145,7 +145,7 @@ def test_class_prototype_pairing_with_mapping_gives_head_embeddings() -> None:
     buffer_maps, buffer_labels = prototype_batch(2, 3, seed=1)
     current_maps, current_labels = prototype_batch(2, 4, seed=2)
     mapping = FeatureMappingBlock(in_channels=6, hidden=8, out_dim=5, spatial_dims=2)
-    u, v = pair_features(buffer_maps, current_maps, buffer_labels, current_labels, "class_prototype", mapping, 3)
+    u, v, _ = pair_features(buffer_maps, current_maps, buffer_labels, current_labels, "class_prototype", mapping, 3)
     assert u.shape == v.shape == (6, 5)  # min(3, 4) pairs per class, two classes
 
 
@@ -182,7 +182,7 @@ def test_similarity_pairing_recovers_a_planted_permutation() -> None:
     buffer_maps = vectors[:, :, None, None].expand(-1, -1, 3, 3)
     permutation = torch.tensor([3, 5, 0, 1, 4, 2])
     current_maps = 3.0 * buffer_maps[permutation] + 0.01 * torch.randn(6, 16, 3, 3, generator=g)
-    u, v = pair_features(buffer_maps, current_maps, None, None, "similarity", None, num_classes=3)
+    u, v, _ = pair_features(buffer_maps, current_maps, None, None, "similarity", None, num_classes=3)
     assert u.shape == v.shape == (6, 16)
     assert torch.allclose(u, vectors, atol=1e-6)  # sorted by buffer row
     assert torch.allclose(v / 3.0, vectors, atol=0.02)
@@ -190,14 +190,14 @@ def test_similarity_pairing_recovers_a_planted_permutation() -> None:
 
 def test_similarity_pairing_matches_min_batch_size_pairs() -> None:
     maps = torch.randn(7, 4, 2, 2)
-    u, v = pair_features(maps[:5], maps, None, None, "similarity", None, 3)
+    u, v, _ = pair_features(maps[:5], maps, None, None, "similarity", None, 3)
     assert u.shape == v.shape == (5, 4)
     assert torch.allclose(u, v)  # each buffer image finds its identical copy
 
 
 def test_index_pairing_pairs_by_position_and_truncates() -> None:
     buffer_maps, current_maps = torch.randn(6, 4, 3, 3), torch.randn(4, 4, 3, 3)
-    u, v = pair_features(buffer_maps, current_maps, None, None, "index", None, 3)
+    u, v, _ = pair_features(buffer_maps, current_maps, None, None, "index", None, 3)
     assert torch.allclose(u, buffer_maps[:4].mean(dim=(2, 3)))
     assert torch.allclose(v, current_maps.mean(dim=(2, 3)))
 
@@ -212,7 +212,7 @@ def test_too_few_pairs_return_none(method: str) -> None:
 @pytest.mark.parametrize("method", ["similarity", "index"])
 def test_image_pairing_with_mapping_gives_embeddings(method: str, spatial_dims: int) -> None:
     mapping = FeatureMappingBlock(in_channels=4, hidden=8, out_dim=3, spatial_dims=spatial_dims)
-    u, v = pair_features(torch.randn(5, 4, *SPATIAL[spatial_dims]), torch.randn(6, 4, *SPATIAL[spatial_dims]), None, None, method, mapping, 3)
+    u, v, _ = pair_features(torch.randn(5, 4, *SPATIAL[spatial_dims]), torch.randn(6, 4, *SPATIAL[spatial_dims]), None, None, method, mapping, 3)
     assert u.shape == v.shape == (5, 3)
 
 
@@ -233,7 +233,7 @@ def test_gradients_reach_both_branches_and_the_mapping_block(method: str) -> Non
     buffer_maps.requires_grad_(True)
     current_maps.requires_grad_(True)
     mapping = FeatureMappingBlock(in_channels=6, hidden=8, out_dim=5, spatial_dims=2)
-    u, v = pair_features(buffer_maps, current_maps, buffer_labels, current_labels, method, mapping, 3)
+    u, v, _ = pair_features(buffer_maps, current_maps, buffer_labels, current_labels, method, mapping, 3)
     (u * v).sum().backward()
     assert buffer_maps.grad.abs().sum() > 0 and current_maps.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mapping.parameters())
@@ -244,7 +244,7 @@ def test_gradient_flows_through_selected_rows_not_through_the_assignment() -> No
     buffer_maps = torch.randn(5, 4, 2, 2, generator=g, requires_grad=True)
     current_maps = torch.randn(6, 4, 2, 2, generator=g, requires_grad=True)
     weights_u, weights_v = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
-    u, v = pair_features(buffer_maps, current_maps, None, None, "similarity", None, 3)
+    u, v, _ = pair_features(buffer_maps, current_maps, None, None, "similarity", None, 3)
     ((u * weights_u).sum() + (v * weights_v).sum()).backward()
     # Reference: the same assignment as fixed integer indices; a differentiable assignment would add terms.
     rows, cols = greedy_cosine_matching(buffer_maps.mean(dim=(2, 3)), current_maps.mean(dim=(2, 3)))

@@ -7,8 +7,7 @@ spatial sizes. Label maps are integer class indices in ``[0, num_classes)`` of s
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,7 @@ from torch import Tensor, nn
 from dakr.continual.hsic import MIN_SAMPLES
 
 PAIRING_METHODS = ("class_prototype", "similarity", "index")
-REDUCTIONS = ("gap", "pooled")
+REDUCTIONS = ("pooled", "spatial", "prenorm", "gap")
 
 
 class _SingleValueSafeBatchNorm:
@@ -83,18 +82,37 @@ def global_average_pool(feature_map: Tensor) -> Tensor:
     return feature_map.flatten(2).mean(dim=2)
 
 
-def reduce_features(feature_map: Tensor, reduction: str = "gap", pool_size: int = 2) -> Tensor:
+def reduce_features(feature_map: Tensor, reduction: str = "pooled", pool_size: int = 2) -> Tensor:
     """Reduce each sample's feature map to one vector (CNA).
 
-    ``(B, C, *S)`` → ``(B, C)`` for ``"gap"``, or ``(B, C·pool_size^d)`` for ``"pooled"``
-    (adaptive average pooling to ``pool_size`` per spatial dimension, then flatten).
+    ``(B, C, *S)`` → ``(B, C)`` for ``"gap"``, or ``(B, C·pool_size^d)`` for ``"pooled"`` and
+    ``"prenorm"`` (adaptive average pooling to ``pool_size`` per spatial dimension, then flatten;
+    ``"prenorm"`` differs only in which activations the caller passes). ``"spatial"`` pairs
+    positions rather than samples: use :func:`sample_positions`.
     """
     if reduction == "gap":
         return global_average_pool(feature_map)
-    if reduction == "pooled":
+    if reduction in ("pooled", "prenorm"):
         pool = F.adaptive_avg_pool2d if feature_map.ndim == 4 else F.adaptive_avg_pool3d
         return pool(feature_map, pool_size).flatten(1)
+    if reduction == "spatial":
+        raise ValueError("the 'spatial' reduction pairs positions of two feature maps; call sample_positions")
     raise ValueError(f"unknown feature reduction {reduction!r}; use one of {REDUCTIONS} (config key continual.cna_reduction)")
+
+
+def sample_positions(first: Tensor, second: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """Per-position feature vectors of two aligned maps ``(B, C, *S)``, the same ``count`` positions of both.
+
+    Every (sample, position) of the batch is a candidate; ``count`` of them are drawn at random
+    without replacement (all when there are fewer). Returns ``(n, C)`` and ``(n, C')``, row i of
+    both taken at the same sample and position.
+    """
+    if first.shape[0] != second.shape[0] or first.shape[2:] != second.shape[2:]:
+        raise ValueError(f"feature maps must share batch and spatial sizes, got {tuple(first.shape)} and {tuple(second.shape)}")
+    rows_first = first.movedim(1, -1).reshape(-1, first.shape[1])
+    rows_second = second.movedim(1, -1).reshape(-1, second.shape[1])
+    chosen = torch.randperm(rows_first.shape[0], device=first.device)[:count]
+    return rows_first[chosen], rows_second[chosen]
 
 
 def class_fractions(labels: Tensor, spatial_size: tuple[int, ...], num_classes: int) -> Tensor:
@@ -148,6 +166,18 @@ def greedy_cosine_matching(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return index[:, 0], index[:, 1]
 
 
+class FeaturePairs(NamedTuple):
+    """Paired CRA embeddings: row i of ``u`` (buffer side) ↔ row i of ``v`` (current side).
+
+    ``groups`` ``(n,)`` holds each pair's foreground class index (0 = first foreground class)
+    for class-prototype pairing, and 0 for image-level pairings.
+    """
+
+    u: Tensor
+    v: Tensor
+    groups: Tensor
+
+
 def pair_features(
     buffer_maps: Tensor,
     current_maps: Tensor,
@@ -156,38 +186,41 @@ def pair_features(
     method: str,
     mapping: FeatureMappingBlock | None,
     num_classes: int,
-) -> tuple[Tensor, Tensor] | None:
-    """Form paired embeddings ``(U, V)`` of buffer and current bottleneck features (row i ↔ row i).
+    keys: tuple[Tensor, Tensor] | None = None,
+) -> FeaturePairs | None:
+    """Form paired embeddings of buffer and current bottleneck features.
 
-    ``buffer_maps`` ``(B_m, C, *S)`` and ``current_maps`` ``(B_d, C, *S)`` come from the current
-    network; labels (needed for ``"class_prototype"`` only) are as in :func:`class_fractions`.
+    ``buffer_maps`` ``(B_m, C, *S)`` and ``current_maps`` ``(B_d, C, *S)`` are the features to
+    align; labels (needed for ``"class_prototype"`` only) are as in :func:`class_fractions`.
     With ``mapping`` both branches go through the same block in one call (shared BatchNorm
     statistics); without it the embeddings are GAP of the raw features (raw masked means for
-    prototypes). Assignments are computed without gradient; gradients reach both branches through
-    the selected rows. Returns ``U, V`` of shape ``(n_pairs, E)``, or ``None`` when fewer than
-    ``MIN_SAMPLES`` pairs can be formed (the caller skips the loss).
+    prototypes). Pairs are chosen by cosine similarity of ``keys`` = ``(buffer_key_maps,
+    current_key_maps)`` ``(B_m, K, *S)``, ``(B_d, K, *S)`` when given (a space outside the one
+    being optimised, e.g. the previous network's features), else of the embeddings themselves.
+    Prototypes are paired one-to-one within their class. Assignments are computed without
+    gradient; gradients reach both branches through the selected rows. Returns ``None`` when
+    fewer than ``MIN_SAMPLES`` pairs can be formed (the caller skips the loss).
     """
     if method == "class_prototype":
         if buffer_labels is None or current_labels is None:
             raise ValueError("pairing 'class_prototype' needs the label maps of both batches")
-        u, v = _pair_prototypes(buffer_maps, current_maps, buffer_labels, current_labels, mapping, num_classes)
+        u, v, groups = _pair_prototypes(buffer_maps, current_maps, buffer_labels, current_labels, mapping, num_classes, keys)
         if u.shape[0] < MIN_SAMPLES:
             return None
-        return (u, v) if mapping is None else _shared(mapping.head, u, v)
+        if mapping is not None:
+            u, v = _shared(mapping.head, u, v)
+        return FeaturePairs(u, v, groups)
     if method not in ("similarity", "index"):
         raise ValueError(f"unknown feature pairing {method!r}; use one of {PAIRING_METHODS} (config key continual.pairing)")
-    buffer_embeddings, current_embeddings = _shared(partial(_embed_images, mapping=mapping), buffer_maps, current_maps)
-    u, v = _pair_embeddings(buffer_embeddings, current_embeddings, method)
-    return (u, v) if u.shape[0] >= MIN_SAMPLES else None
-
-
-def _pair_embeddings(buffer_embeddings: Tensor, current_embeddings: Tensor, method: str) -> tuple[Tensor, Tensor]:
-    """Pair image embeddings ``(B_m, E)`` and ``(B_d, E)`` by greedy cosine matching or by position."""
+    buffer_embeddings, current_embeddings = _shared(lambda maps: _embed_images(maps, mapping), buffer_maps, current_maps)
     if method == "similarity":
-        rows, cols = greedy_cosine_matching(buffer_embeddings, current_embeddings)
-        return buffer_embeddings[rows], current_embeddings[cols]
-    n = min(buffer_embeddings.shape[0], current_embeddings.shape[0])
-    return buffer_embeddings[:n], current_embeddings[:n]
+        key_u, key_v = (buffer_embeddings, current_embeddings) if keys is None else map(global_average_pool, keys)
+        rows, cols = greedy_cosine_matching(key_u, key_v)
+    else:
+        rows = cols = torch.arange(min(buffer_embeddings.shape[0], current_embeddings.shape[0]), device=buffer_maps.device)
+    if rows.shape[0] < MIN_SAMPLES:
+        return None
+    return FeaturePairs(buffer_embeddings[rows], current_embeddings[cols], torch.zeros_like(rows))
 
 
 def _pair_prototypes(
@@ -197,23 +230,31 @@ def _pair_prototypes(
     current_labels: Tensor,
     mapping: FeatureMappingBlock | None,
     num_classes: int,
-) -> tuple[Tensor, Tensor]:
+    keys: tuple[Tensor, Tensor] | None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Class prototypes (of the projected maps when ``mapping`` is given) paired one-to-one within each class.
 
-    Returns ``(U, V)`` of shape ``(n_pairs, D)``, before the mapping head.
+    Returns ``(U, V, groups)``: prototypes ``(n_pairs, D)`` before the mapping head and class indices ``(n_pairs,)``.
     """
     if mapping is not None:
         buffer_maps, current_maps = _shared(mapping.project, buffer_maps, current_maps)
     buffer_protos, buffer_present = class_prototypes(buffer_maps, buffer_labels, num_classes)
     current_protos, current_present = class_prototypes(current_maps, current_labels, num_classes)
-    u_parts, v_parts = [], []
+    if keys is None:
+        buffer_keys, current_keys = buffer_protos, current_protos
+    else:
+        with torch.no_grad():
+            buffer_keys = class_prototypes(keys[0], buffer_labels, num_classes)[0]
+            current_keys = class_prototypes(keys[1], current_labels, num_classes)[0]
+    u_parts, v_parts, group_parts = [], [], []
     for k in range(num_classes - 1):
-        buffer_k = buffer_protos[buffer_present[:, k], k]
-        current_k = current_protos[current_present[:, k], k]
-        rows, cols = greedy_cosine_matching(buffer_k, current_k)
-        u_parts.append(buffer_k[rows])
-        v_parts.append(current_k[cols])
-    return torch.cat(u_parts), torch.cat(v_parts)
+        buffer_rows = buffer_present[:, k].nonzero().flatten()
+        current_rows = current_present[:, k].nonzero().flatten()
+        rows, cols = greedy_cosine_matching(buffer_keys[buffer_rows, k], current_keys[current_rows, k])
+        u_parts.append(buffer_protos[buffer_rows[rows], k])
+        v_parts.append(current_protos[current_rows[cols], k])
+        group_parts.append(torch.full_like(rows, k))
+    return torch.cat(u_parts), torch.cat(v_parts), torch.cat(group_parts)
 
 
 def _embed_images(feature_maps: Tensor, mapping: FeatureMappingBlock | None) -> Tensor:

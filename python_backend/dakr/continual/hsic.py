@@ -19,6 +19,8 @@ SIGMA_FLOOR = 1e-6
 #: carries no variation beyond float32 rounding; its normalised HSIC is defined as 0.
 DEGENERATE_RTOL = 1e-5
 KERNELS = ("gaussian", "linear")
+#: ``"biased"``: tr(KHLH)/(n-1)²; ``"unbiased"``: HSIC_1 of Song et al. (2012), zero mean under independence.
+ESTIMATORS = ("biased", "unbiased")
 
 
 def centered_gram(k: Tensor) -> Tensor:
@@ -77,7 +79,53 @@ def hsic(x: Tensor, y: Tensor, kernel: str = "gaussian") -> Tensor | None:
     return (k_centred * l_centred).sum() / (n - 1) ** 2
 
 
-def normalized_hsic(x: Tensor, y: Tensor, kernel: str = "gaussian") -> Tensor | None:
+def unbiased_hsic(x: Tensor, y: Tensor, kernel: str = "gaussian") -> Tensor | None:
+    """Unbiased estimator HSIC_1 (Song et al., 2012) as a 0-dim float32 tensor.
+
+    With ``K~``, ``L~`` the Gram matrices whose diagonals are set to zero,
+
+        HSIC_1 = [tr(K~L~) + 1ᵀK~1 · 1ᵀL~1 / ((n-1)(n-2)) − 2/(n-2) · 1ᵀK~L~1] / (n(n-3)).
+
+    Its expectation is the population HSIC, so independent data score 0 on average at any ``n``
+    (the value can be negative). Needs ``n >= MIN_SAMPLES`` (4); returns ``None`` below.
+    """
+    grams = _grams(x, y, kernel)
+    return None if grams is None else _unbiased_from_grams(*grams)
+
+
+def normalized_hsic(x: Tensor, y: Tensor, kernel: str = "gaussian", estimator: str = "biased") -> Tensor | None:
+    """Normalised HSIC ``HSIC(X,Y) / sqrt(HSIC(X,X)·HSIC(Y,Y))``, a 0-dim float32 tensor.
+
+    ``estimator="biased"`` (default) lies in [0, 1]; ``"unbiased"`` uses :func:`unbiased_hsic`
+    for all three terms and lies in [-1, 1] (clamped there; near 0 for independent data even at
+    small ``n``, where the biased form has a large positive floor).
+    """
+    if estimator == "biased":
+        return _normalized_biased(x, y, kernel)
+    if estimator != "unbiased":
+        raise ValueError(f"unknown HSIC estimator {estimator!r}; use one of {ESTIMATORS} (config key continual.hsic_estimator)")
+    grams = _grams(x, y, kernel)
+    if grams is None:
+        return None
+    k, l = grams
+    k_self, l_self = _unbiased_from_grams(k, k), _unbiased_from_grams(l, l)
+    varies = (k_self > DEGENERATE_RTOL**2 * (k * k).mean()) & (l_self > DEGENERATE_RTOL**2 * (l * l).mean())
+    denominator = torch.where(varies, k_self * l_self, torch.ones_like(k_self)).sqrt()
+    value = (_unbiased_from_grams(k, l) / denominator).clamp(-1.0, 1.0)
+    return torch.where(varies, value, torch.zeros_like(value))
+
+
+def _unbiased_from_grams(k: Tensor, l: Tensor) -> Tensor:
+    n = k.shape[0]
+    k_tilde = k - torch.diag_embed(torch.diagonal(k))
+    l_tilde = l - torch.diag_embed(torch.diagonal(l))
+    trace_term = (k_tilde * l_tilde).sum()
+    sum_term = k_tilde.sum() * l_tilde.sum() / ((n - 1) * (n - 2))
+    cross_term = 2.0 / (n - 2) * (k_tilde.sum(dim=0) * l_tilde.sum(dim=1)).sum()
+    return (trace_term + sum_term - cross_term) / (n * (n - 3))
+
+
+def _normalized_biased(x: Tensor, y: Tensor, kernel: str) -> Tensor | None:
     """Normalised HSIC ``HSIC(X,Y) / sqrt(HSIC(X,X)·HSIC(Y,Y))`` in [0, 1], a 0-dim float32 tensor.
 
     ``x``: ``(n, p)``, ``y``: ``(n, q)``, rows paired; the linear kernel gives linear CKA.
@@ -97,6 +145,14 @@ def normalized_hsic(x: Tensor, y: Tensor, kernel: str = "gaussian") -> Tensor | 
 
 def _centred_grams(x: Tensor, y: Tensor, kernel: str) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
     """Return ``((HKH, K), (HLH, L))`` in float32, or ``None`` when ``n < MIN_SAMPLES``."""
+    grams = _grams(x, y, kernel)
+    if grams is None:
+        return None
+    return (centered_gram(grams[0]), grams[0]), (centered_gram(grams[1]), grams[1])
+
+
+def _grams(x: Tensor, y: Tensor, kernel: str) -> tuple[Tensor, Tensor] | None:
+    """Return the Gram matrices ``(K, L)`` in float32, or ``None`` when ``n < MIN_SAMPLES``."""
     _check_inputs(x, y, kernel)
     if x.shape[0] < MIN_SAMPLES:
         return None
@@ -105,8 +161,7 @@ def _centred_grams(x: Tensor, y: Tensor, kernel: str) -> tuple[tuple[Tensor, Ten
         for features in (x, y):
             features = features.float()
             features = features - features.mean(dim=0, keepdim=True)
-            gram = linear_kernel(features) if kernel == "linear" else gaussian_kernel(features)
-            grams.append((centered_gram(gram), gram))
+            grams.append(linear_kernel(features) if kernel == "linear" else gaussian_kernel(features))
         return grams[0], grams[1]
 
 

@@ -52,8 +52,16 @@ def encode_to_bottleneck(model: nn.Module, images: torch.Tensor) -> torch.Tensor
     return net.bottleneck(features)
 
 
+def prenorm_module(model: nn.Module) -> nn.Module:
+    """The bottleneck's last convolution, whose output enters the final normalisation + activation."""
+    return unwrap(model).bottleneck.conv2
+
+
 class BottleneckTap:
     """Keeps the bottleneck feature map of the latest forward pass of ``model``.
+
+    With ``prenorm=True`` it keeps the bottleneck's activations before its final normalisation
+    and activation (the output of :func:`prenorm_module`) instead.
 
     Usage::
 
@@ -63,9 +71,10 @@ class BottleneckTap:
         tap.remove()
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, prenorm: bool = False) -> None:
         self.features: torch.Tensor | None = None
-        self._handle = unwrap(model).bottleneck.register_forward_hook(self._keep)
+        module = prenorm_module(model) if prenorm else unwrap(model).bottleneck
+        self._handle = module.register_forward_hook(self._keep)
 
     def _keep(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         self.features = output

@@ -65,6 +65,8 @@ class StageContext:
     buffer: "ReplayBuffer | None" = None
     #: Tensors the parent version stored for strategies (keys without the ``strategy.`` prefix).
     inherited_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: Optimiser steps already taken in this stage (set by the trainer before each step).
+    step: int = 0
 
 
 class Strategy:
@@ -103,6 +105,10 @@ class Strategy:
 
     def after_stage(self, ctx: StageContext) -> None:
         """Called once after the last step of a stage (e.g. to estimate a Fisher matrix)."""
+
+    def stage_diagnostics(self) -> dict[str, float]:
+        """Named measurements of the stage that just ended (empty for strategies without any)."""
+        return {}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors to store with the new model version (trainable modules and strategy state)."""

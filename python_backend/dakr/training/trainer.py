@@ -162,10 +162,15 @@ class Trainer:
             tap.remove()
         self.save_checkpoint()
         self.strategy.after_stage(ctx)
+        diagnostics = self.strategy.stage_diagnostics()
+        if diagnostics and is_main_process():
+            self.progress(ProgressEvent(stage="diagnostics", step=self.step, total=self.total_steps,
+                                        diagnostics=diagnostics, message=f"site {ctx.site}"))
         return ctx.model
 
     def _train_step(self, tap: BottleneckTap) -> tuple[dict[str, float], int]:
         ctx = self.ctx
+        ctx.step = self.step
         images, labels = ctx.sampler.sample(ctx.config.train.batch_size, ctx.rng)
         batch = Batch(torch.from_numpy(images), torch.from_numpy(labels), torch.zeros(len(images), dtype=torch.bool))
         batch = self.strategy.adapt_batch(ctx, batch).to(ctx.device)

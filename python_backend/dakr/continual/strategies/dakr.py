@@ -8,23 +8,33 @@ Stage t ≥ 2 minimises
 * CNA aligns the current network's bottleneck features (taken from the forward pass the
   segmentation loss already does) with the frozen previous network's, which only runs up to its
   bottleneck, on the same inputs (current batch ∪ buffer batch).
-* CRA aligns the current network's features of buffered samples with those of current samples,
-  after the trainable feature mapping block and the feature pairing block.
+* CRA aligns the current network's features of buffered samples with those of current samples
+  (or, with ``cra_anchor="previous"``, with the previous network's features of the current
+  samples), after the trainable feature mapping block and the feature pairing block; pairs are
+  chosen outside the optimised space and scored within each class, so separating classes alone
+  cannot satisfy it.
+* Both terms can use the unbiased HSIC estimator and a short queue of past pairs, and switch on
+  after a warm-up. :meth:`DAKR.stage_diagnostics` reports how much signal they carried.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from dakr.config import ExperimentConfig
-from dakr.continual.blocks import FeatureMappingBlock, pair_features, reduce_features
-from dakr.continual.hsic import normalized_hsic
+from dakr.continual.alignment import PairQueue, cna_vectors, grouped_alignment, within_group_shuffle
+from dakr.continual.blocks import FeatureMappingBlock, FeaturePairs, pair_features
+from dakr.continual.diagnostics import encoder_parameters, forward_with_segmentation_loss, gradient_ratios, held_batch
 from dakr.continual.strategies.replay import Replay
-from dakr.nets.factory import encode_to_bottleneck
+from dakr.nets.factory import BottleneckTap, encode_to_bottleneck
 from dakr.training.strategy import Batch, StageContext
+
+#: Buffer samples per pass of the previous encoder when caching their features.
+CACHE_CHUNK = 64
 
 
 class DAKR(Replay):
@@ -39,7 +49,8 @@ class DAKR(Replay):
     def __init__(self, config: ExperimentConfig) -> None:
         super().__init__(config)
         continual = config.continual
-        self.buffer_features: torch.Tensor | None = None
+        #: The previous network's maps of every buffer sample, by kind ("bottleneck", "prenorm").
+        self.buffer_features: dict[str, torch.Tensor] = {}
         self.mapping: FeatureMappingBlock | None = None
         if self.use_cra and continual.mapping_block:
             self.mapping = FeatureMappingBlock(
@@ -48,76 +59,211 @@ class DAKR(Replay):
                 out_dim=continual.mapping_dim,
                 spatial_dims=config.net.spatial_dims,
             )
+        self.cna_queue = PairQueue(continual.hsic_queue)
+        self.cra_queue = PairQueue(continual.hsic_queue)
+        self.diagnostics: dict[str, float] = {}
+        self._prenorm_tap: BottleneckTap | None = None
+        self._projection: torch.Tensor | None = None
 
     def trainable_modules(self) -> dict[str, nn.Module]:
         return {"mapping": self.mapping} if self.mapping is not None else {}
 
+    def stage_diagnostics(self) -> dict[str, float]:
+        return dict(self.diagnostics)
+
+    # -- what the previous network must provide ---------------------------------------------------
+    @property
+    def _cna_kind(self) -> str:
+        return "prenorm" if self.config.continual.cna_reduction == "prenorm" else "bottleneck"
+
+    def _previous_kinds(self) -> set[str]:
+        continual = self.config.continual
+        kinds = {self._cna_kind} if self.use_cna else set()
+        if self.use_cra and (continual.cra_pair_space == "previous" or continual.cra_anchor == "previous"):
+            kinds.add("bottleneck")
+        return kinds
+
+    def _needs_previous_on_current_rows(self) -> bool:
+        continual = self.config.continual
+        cra = self.use_cra and (continual.cra_pair_space == "previous" or continual.cra_anchor == "previous")
+        return (self.use_cna and not continual.cna_buffer_only) or cra
+
+    def _encode_previous(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The previous network's maps of ``images`` for every kind this configuration needs."""
+        kinds = self._previous_kinds()
+        tap = BottleneckTap(model, prenorm=True) if "prenorm" in kinds else None
+        try:
+            with torch.no_grad():
+                maps = {"bottleneck": encode_to_bottleneck(model, images)}
+        finally:
+            if tap is not None:
+                tap.remove()
+                maps["prenorm"] = tap.features
+        return {kind: maps[kind] for kind in kinds}
+
+    # -- stage hooks --------------------------------------------------------------------------------
     def before_stage(self, ctx: StageContext) -> None:
-        """Cache the frozen previous network's bottleneck features of every buffer sample.
+        """Cache the frozen previous network's features of every buffer sample; reset queues and hooks.
 
         The buffer and the previous network do not change during a stage, and instance
         normalisation makes each sample's features independent of the rest of the batch, so a
         step only has to run the previous encoder on the current-site part of its batch.
         """
-        self.buffer_features = None
-        if self.use_cna and ctx.previous_model is not None and ctx.buffer is not None and len(ctx.buffer):
-            with torch.no_grad():
-                self.buffer_features = torch.cat([
-                    encode_to_bottleneck(ctx.previous_model, torch.from_numpy(ctx.buffer.images[i : i + 64]).to(ctx.device))
-                    for i in range(0, len(ctx.buffer), 64)
-                ])
+        self.buffer_features = {}
+        self.diagnostics = {}
+        self.cna_queue.clear()
+        self.cra_queue.clear()
+        self._remove_prenorm_tap()
+        if self.use_cna and self._cna_kind == "prenorm":
+            self._prenorm_tap = BottleneckTap(ctx.model, prenorm=True)
+        if ctx.previous_model is not None and ctx.buffer is not None and len(ctx.buffer) and self._previous_kinds():
+            chunks = [
+                self._encode_previous(ctx.previous_model, torch.from_numpy(ctx.buffer.images[i : i + CACHE_CHUNK]).to(ctx.device))
+                for i in range(0, len(ctx.buffer), CACHE_CHUNK)
+            ]
+            self.buffer_features = {kind: torch.cat([chunk[kind] for chunk in chunks]) for kind in chunks[0]}
+
+    def after_stage(self, ctx: StageContext) -> None:
+        """Measure the stage's diagnostics on a held batch, then remove the activation hook."""
+        try:
+            batch = held_batch(ctx) if ctx.previous_model is not None else None
+            if batch is not None:
+                self.diagnostics = self._measure(ctx, batch)
+        finally:
+            self._remove_prenorm_tap()
+
+    def _remove_prenorm_tap(self) -> None:
+        if self._prenorm_tap is not None:
+            self._prenorm_tap.remove()
+            self._prenorm_tap = None
+
+    # -- losses -----------------------------------------------------------------------------------
+    def alignment_weight(self, step: int) -> float:
+        """Factor on both terms at ``step``: 0 during the warm-up, then a linear ramp to 1."""
+        continual = self.config.continual
+        if step < continual.align_warmup_steps:
+            return 0.0
+        if continual.align_ramp_steps == 0:
+            return 1.0
+        return min(1.0, (step - continual.align_warmup_steps + 1) / continual.align_ramp_steps)
 
     def extra_losses(self, ctx: StageContext, batch: Batch, logits: torch.Tensor, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        if ctx.previous_model is None:
+        weight = self.alignment_weight(ctx.step)
+        if ctx.previous_model is None or weight == 0.0:
             return {}
+        continual = self.config.continual
+        previous = self._previous_maps(ctx, batch)
         terms: dict[str, torch.Tensor] = {}
         if self.use_cna:
-            cna = self._cna(ctx, batch, features)
+            x, y = self._cna_pairs(batch, features, previous)
+            cna = grouped_alignment(*self.cna_queue.join(x, y, x.new_zeros(x.shape[0], dtype=torch.long)),
+                                    continual.kernel, continual.hsic_estimator)
             if cna is not None:
-                terms["cna"] = self.config.continual.lambda_cna * cna
+                terms["cna"] = weight * continual.lambda_cna * (1.0 - cna)
         if self.use_cra:
-            cra = self._cra(ctx, batch, features)
-            if cra is not None:
-                terms["cra"] = self.config.continual.lambda_cra * cra
+            pairs = self._cra_pairs(ctx, batch, features, previous)
+            if pairs is not None:
+                cra = self._cra_score(*self.cra_queue.join(*pairs))
+                if cra is not None:
+                    terms["cra"] = weight * continual.lambda_cra * (1.0 - cra)
         return terms
 
-    def _previous_features(self, ctx: StageContext, batch: Batch) -> torch.Tensor:
-        """The previous network's bottleneck features of the batch (buffer rows from the cache)."""
-        with torch.no_grad():
-            if self.buffer_features is None or batch.buffer_index is None:
-                return encode_to_bottleneck(ctx.previous_model, batch.images)
-            current = ~batch.from_buffer
-            fresh = encode_to_bottleneck(ctx.previous_model, batch.images[current])
-            previous = fresh.new_empty((batch.size, *fresh.shape[1:]))
-            previous[current] = fresh
-            previous[batch.from_buffer] = self.buffer_features[batch.buffer_index].to(fresh.dtype)
-            return previous
+    def _previous_maps(self, ctx: StageContext, batch: Batch) -> dict[str, torch.Tensor]:
+        """The previous network's maps of the batch (buffer rows from the cache).
 
-    def _cna(self, ctx: StageContext, batch: Batch, features: torch.Tensor) -> torch.Tensor | None:
+        Rows of current-site samples are zero when no term needs them (buffer-only CNA).
+        """
+        if not self._previous_kinds():
+            return {}
+        cached = bool(self.buffer_features) and batch.buffer_index is not None
+        if not cached:
+            return self._encode_previous(ctx.previous_model, batch.images)
+        current = ~batch.from_buffer
+        fresh = self._encode_previous(ctx.previous_model, batch.images[current]) if self._needs_previous_on_current_rows() else {}
+        maps = {}
+        for kind, buffer_maps in self.buffer_features.items():
+            full = buffer_maps.new_zeros((batch.size, *buffer_maps.shape[1:]))
+            full[batch.from_buffer] = buffer_maps[batch.buffer_index]
+            if kind in fresh:
+                full[current] = fresh[kind].to(full.dtype)
+            maps[kind] = full
+        return maps
+
+    def _cna_pairs(self, batch: Batch, features: torch.Tensor, previous: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Paired CNA rows: current vs previous network on the same inputs."""
         continual = self.config.continual
-        previous = self._previous_features(ctx, batch)
-        current_vectors = reduce_features(features, continual.cna_reduction, continual.cna_pool_size)
-        previous_vectors = reduce_features(previous, continual.cna_reduction, continual.cna_pool_size)
-        alignment = normalized_hsic(current_vectors, previous_vectors, continual.kernel)
-        return None if alignment is None else 1.0 - alignment
+        current_maps = self._prenorm_tap.features if self._cna_kind == "prenorm" else features
+        previous_maps = previous[self._cna_kind]
+        if continual.cna_buffer_only:
+            current_maps, previous_maps = current_maps[batch.from_buffer], previous_maps[batch.from_buffer]
+        return cna_vectors(current_maps, previous_maps.to(current_maps.dtype), continual)
 
-    def _cra(self, ctx: StageContext, batch: Batch, features: torch.Tensor) -> torch.Tensor | None:
+    def _cra_pairs(
+        self, ctx: StageContext, batch: Batch, features: torch.Tensor, previous: dict[str, torch.Tensor]
+    ) -> FeaturePairs | None:
+        """Paired CRA embeddings of buffer (current network) and current-site samples."""
+        continual = self.config.continual
         buffered = batch.from_buffer
         if not bool(buffered.any()) or bool(buffered.all()):
             return None
-        pairs = pair_features(
-            features[buffered],
-            features[~buffered],
-            batch.labels[buffered],
-            batch.labels[~buffered],
-            self.config.continual.pairing,
-            self.mapping,
-            ctx.num_classes,
+        current_side = features[~buffered]
+        if continual.cra_anchor == "previous":
+            current_side = previous["bottleneck"][~buffered].to(features.dtype)
+        keys = None
+        if continual.cra_pair_space == "previous":
+            keys = (previous["bottleneck"][buffered], previous["bottleneck"][~buffered])
+        elif continual.cra_pair_space == "projection":
+            keys = (self._project(features[buffered].detach()), self._project(features[~buffered].detach()))
+        return pair_features(
+            features[buffered], current_side, batch.labels[buffered], batch.labels[~buffered],
+            continual.pairing, self.mapping, ctx.num_classes, keys,
         )
-        if pairs is None:
-            return None
-        alignment = normalized_hsic(pairs[0], pairs[1], self.config.continual.kernel)
-        return None if alignment is None else 1.0 - alignment
+
+    def _cra_score(self, u: torch.Tensor, v: torch.Tensor, groups: torch.Tensor) -> torch.Tensor | None:
+        continual = self.config.continual
+        if continual.cra_scoring == "stacked":
+            return grouped_alignment(u, v, torch.zeros_like(groups), continual.kernel, continual.hsic_estimator)
+        return grouped_alignment(u, v, groups, continual.kernel, continual.hsic_estimator, continual.cra_min_pairs)
+
+    def _project(self, maps: torch.Tensor) -> torch.Tensor:
+        """A fixed random channel projection (seeded by ``train.seed``) of maps ``(B, C, *S)``."""
+        channels = maps.shape[1]
+        if self._projection is None or self._projection.shape[0] != channels:
+            generator = torch.Generator().manual_seed(self.config.train.seed)
+            self._projection = torch.randn(channels, channels, generator=generator) / channels**0.5
+        return torch.einsum("bc...,dc->bd...", maps.float(), self._projection.to(maps.device))
+
+    # -- diagnostics --------------------------------------------------------------------------------
+    def _measure(self, ctx: StageContext, batch: Batch) -> dict[str, float]:
+        """Matched vs shuffled nHSIC of each term and its encoder gradient relative to L_seg's."""
+        continual = self.config.continual
+        mapping_state = copy.deepcopy(self.mapping.state_dict()) if self.mapping is not None else None
+        try:
+            features, seg = forward_with_segmentation_loss(ctx.model, batch)
+            previous = self._previous_maps(ctx, batch)
+            terms: dict[str, torch.Tensor] = {}
+            measured: dict[str, float] = {}
+            if self.use_cna:
+                x, y = self._cna_pairs(batch, features, previous)
+                groups = x.new_zeros(x.shape[0], dtype=torch.long)
+                matched = grouped_alignment(x, y, groups, continual.kernel, continual.hsic_estimator)
+                shuffled = grouped_alignment(x, y[within_group_shuffle(groups)], groups, continual.kernel, continual.hsic_estimator)
+                if matched is not None and shuffled is not None:
+                    measured.update(cna_nhsic_matched=matched.item(), cna_nhsic_shuffled=shuffled.item())
+                    terms["cna"] = continual.lambda_cna * (1.0 - matched)
+            if self.use_cra:
+                pairs = self._cra_pairs(ctx, batch, features, previous)
+                if pairs is not None:
+                    matched = self._cra_score(*pairs)
+                    shuffled = self._cra_score(pairs.u, pairs.v[within_group_shuffle(pairs.groups)], pairs.groups)
+                    if matched is not None and shuffled is not None:
+                        measured.update(cra_nhsic_matched=matched.item(), cra_nhsic_within_class_shuffled=shuffled.item())
+                        terms["cra"] = continual.lambda_cra * (1.0 - matched)
+            measured.update(gradient_ratios(seg, terms, encoder_parameters(ctx.model)))
+            return measured
+        finally:
+            if mapping_state is not None:
+                self.mapping.load_state_dict(mapping_state)
 
 
 class DAKRCNAOnly(DAKR):
