@@ -32,6 +32,7 @@ from dakr.inference import default_device, predict_volume
 from dakr.nets.factory import build_network
 from dakr.progress import ProgressCallback, ProgressEvent, null_progress
 from dakr.store import EvaluationRecord, Store, StoreError, VersionInfo
+from dakr.store.validation_split import validation_case_ids
 from dakr.training.strategy import StageContext
 from dakr.training.trainer import Trainer, is_main_process, seeded_rng
 
@@ -104,14 +105,18 @@ def _preprocessed(image: str, label: str, preprocess_json: str, case_id: str) ->
 
 
 def training_cases(store: Store, sites: list[str], config: ExperimentConfig, values: list[int]) -> list[PreprocessedCase]:
-    """Preprocessed training cases of ``sites`` with labels as class indices (purged sites contribute none)."""
+    """Preprocessed training cases of ``sites`` with labels as class indices.
+
+    Purged sites contribute none; validation cases (:mod:`dakr.store.validation_split`) are left out.
+    """
     key = json.dumps(config.to_dict()["preprocess"], sort_keys=True)
     lookup = np.zeros(max(values) + 1, dtype=np.uint8)
     lookup[values] = np.arange(len(values), dtype=np.uint8)
     cases = []
     for site in sites:
+        held_out = validation_case_ids(store, site)
         for record in store.cases(site, "train"):
-            if record.image_path is None or record.label_path is None:
+            if record.image_path is None or record.label_path is None or record.case_id in held_out:
                 continue
             case = _preprocessed(str(record.image_path), str(record.label_path), key, record.case_id)
             cases.append(PreprocessedCase(case.case_id, case.image, lookup[case.label], case.reference))
@@ -141,9 +146,11 @@ def adapt(
     should_stop: Callable[[], bool] | None = None,
     device: torch.device | None = None,
     activate: bool = True,
+    evaluate: bool = True,
 ) -> VersionInfo | None:
     """Train a new version on ``site`` from the active version (the base model when there is none).
 
+    ``evaluate=False`` skips the audit evaluation (tuning runs score on validation cases instead).
     Returns the new version (``None`` on non-zero ranks of a distributed run, which never write
     to the store). Raises :class:`~dakr.training.TrainingCancelled` when ``should_stop`` fires;
     with the same ``work_dir`` and ``resume=True`` the run continues from its checkpoint.
@@ -186,6 +193,9 @@ def adapt(
     Trainer(ctx, method, progress=progress, checkpoint_dir=work_dir, should_stop=should_stop).fit(resume=resume)
     if not is_main_process():
         return None
+    diagnostics = getattr(method, "stage_diagnostics", dict)()
+    if diagnostics:
+        progress(ProgressEvent(stage="diagnostics", losses=dict(diagnostics), message=f"site {site}, stage {ctx.stage}"))
     progress(ProgressEvent(stage="buffer", message="updating the replay buffer"))
     site_sampler = sampler if train_sites == [site] else training_sampler(store, [site], config, values)
     new_buffer = update_buffer(buffer, site, site_sampler, config.continual, seeded_rng(config.train.seed, ctx.stage, purpose=1), model)
@@ -201,7 +211,7 @@ def adapt(
         buffer=new_buffer.to_arrays(),
         activate=False,
     )
-    for evaluated in [version, *chain[:1], *([parent] if parent else [])]:
+    for evaluated in [version, *chain[:1], *([parent] if parent else [])] if evaluate else []:
         evaluate_version(store, evaluated.id, progress=progress, only_missing=evaluated.id != version.id, device=device)
     return store.activate(version.id) if activate else store.version(version.id)
 
