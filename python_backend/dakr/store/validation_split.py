@@ -17,8 +17,7 @@ _TABLE = """CREATE TABLE IF NOT EXISTS validation_cases (
     case_id TEXT NOT NULL,
     seed INTEGER NOT NULL,
     fraction REAL NOT NULL,
-    PRIMARY KEY (site, case_id),
-    FOREIGN KEY (site, case_id) REFERENCES cases(site, case_id)
+    PRIMARY KEY (site, case_id)
 )"""
 
 
