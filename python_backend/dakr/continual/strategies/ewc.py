@@ -1,9 +1,10 @@
 """``ewc``: Elastic Weight Consolidation (Kirkpatrick et al., 2017) with a diagonal Fisher.
 
 After each stage the empirical diagonal Fisher of the segmentation loss (the mean of per-sample
-squared gradients) is estimated on the stage's training data, normalised to mean 1 and accumulated with the Fisher inherited from the
-parent version; the parameters at that point are the anchor. The penalty is
-``ewc_lambda · mean_i F_i (θ_i − θ*_i)²``. Fisher and anchor are stored with the model version.
+squared gradients) is estimated on the stage's training data, normalised to mean 1 and
+accumulated with the Fisher inherited from the parent version; the parameters at that point are
+the anchor. The penalty is ``ewc_lambda · mean_i F_i (θ_i − θ*_i)²``. Fisher and anchor are
+stored with the model version.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from monai.losses import DiceCELoss
 from torch.func import functional_call, grad, vmap
 
 from dakr.config import ExperimentConfig
-from dakr.nets.factory import unwrap
 from dakr.continual.strategies.own_data import OwnDataTopUp
+from dakr.nets.factory import unwrap
 from dakr.training.strategy import Batch, StageContext
 
 #: Batches used to estimate the Fisher information.
