@@ -44,8 +44,9 @@ TIMING_STEPS = 30
 TIMING_WARMUP = 5
 #: Where a benchmark scores its accuracy matrices.
 SCORE_SPLITS = ("audit", "validation")
-#: Strategy that trains the shared stage-1 base model (plain supervised training).
-BASE_STRATEGY = "finetune"
+#: Strategy that trains the shared stage-1 base model: at stage 1 EWC trains exactly like plain
+#: supervised training and only adds, after training, the Fisher estimate that EWC runs inherit.
+BASE_STRATEGY = "ewc"
 
 
 @dataclass
