@@ -208,7 +208,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from dakr.benchmark import run_benchmark
 
-    run_benchmark(args.config, Path(args.out), strategies=args.strategies, seeds=args.seeds, workers=args.workers)
+    run_benchmark(
+        args.config, Path(args.out), strategies=args.strategies, seeds=args.seeds, workers=args.workers,
+        split=args.split, data_dir=args.data, sites=args.sites, demo_data=args.demo_data,
+    )
     return 0
 
 
@@ -248,12 +251,16 @@ def add_training_verbs(verbs: Verbs) -> None:
     _add_threads_option(sub)
 
     shipped = ", ".join(benchmark_config_names())
-    sub = _verb(verbs, "benchmark", cmd_benchmark, "compare strategies on the demo site sequence (writes results.json)")
+    sub = _verb(verbs, "benchmark", cmd_benchmark, "compare strategies on the demo or your own site sequence (writes results.json)")
     sub.add_argument("--config", default="quick", help=f"a shipped config ({shipped}) or a JSON benchmark config file")
     sub.add_argument("--out", required=True)
     sub.add_argument("--strategies", nargs="+", help="strategies to run (default: the config's)")
     sub.add_argument("--seeds", type=int, help="number of seeds (default: the config's)")
-    sub.add_argument("--workers", type=int, help="runs at the same time (default: the config's; 1 for timings on a CPU)")
+    sub.add_argument("--workers", type=int, help="runs at the same time, one torch thread each (default: the config's)")
+    sub.add_argument("--split", choices=("audit", "validation"), help="score on audit (final numbers) or validation (tuning) cases")
+    sub.add_argument("--data", help="folder of your own sites in nnU-Net raw layout (instead of the demo data)")
+    sub.add_argument("--sites", nargs="+", help="with --data: site folder names inside it, in training order")
+    sub.add_argument("--demo-data", help="demo data folder to build into or reuse (default: OUT/data)")
 
 
 # -- model versions ------------------------------------------------------------------------------

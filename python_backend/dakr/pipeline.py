@@ -44,6 +44,7 @@ from dakr.resume import (
 from dakr.stage_config import describe_stage, stage_config
 from dakr.store import EvaluationRecord, Store, StoreError, VersionInfo
 from dakr.store.runs import activate_if_parent_still_active
+from dakr.store.validation_split import validation_case_ids
 from dakr.training.strategy import StageContext, Strategy
 from dakr.training.trainer import Trainer, is_main_process, seeded_rng
 
@@ -101,9 +102,10 @@ def _preprocessed(image: str, label: str, preprocess_json: str, case_id: str) ->
 def training_cases(
     store: Store, sites: list[str], config: ExperimentConfig, values: list[int], only: dict[str, set[str]] | None = None
 ) -> list[PreprocessedCase]:
-    """Preprocessed training cases of ``sites`` with labels as class indices (purged sites contribute none).
+    """Preprocessed training cases of ``sites`` with labels as class indices.
 
-    ``only`` restricts a site's training cases to the given case ids.
+    Purged sites contribute none; validation cases (:mod:`dakr.store.validation_split`) are left
+    out; ``only`` restricts a site's training cases to the given case ids.
     """
     key = json.dumps(config.to_dict()["preprocess"], sort_keys=True)
     lookup = np.zeros(max(values) + 1, dtype=np.uint8)
@@ -111,8 +113,10 @@ def training_cases(
     cases = []
     for site in sites:
         allowed = (only or {}).get(site)
+        held_out = validation_case_ids(store, site)
         for record in store.cases(site, "train"):
-            if record.image_path is None or record.label_path is None or (allowed is not None and record.case_id not in allowed):
+            excluded = record.case_id in held_out or (allowed is not None and record.case_id not in allowed)
+            if record.image_path is None or record.label_path is None or excluded:
                 continue
             case = _preprocessed(str(record.image_path), str(record.label_path), key, record.case_id)
             cases.append(PreprocessedCase(case.case_id, case.image, lookup[case.label], case.reference))
@@ -146,9 +150,11 @@ def adapt(
     activate: bool = True,
     job_id: str | None = None,
     train_case_ids: set[str] | None = None,
+    evaluate: bool = True,
 ) -> VersionInfo | None:
     """Train a new version on ``site`` from the active version (the base model when there is none).
 
+    ``evaluate=False`` skips the audit evaluation (tuning runs score on validation cases instead).
     Returns the new version (``None`` on non-zero ranks of a distributed run, which never write
     to the store). Raises :class:`~dakr.training.TrainingCancelled` when ``should_stop`` fires.
     The checkpoints in ``work_dir`` record the job (``job_id`` for a service job); with
@@ -189,7 +195,7 @@ def adapt(
         return None
     if work_dir is not None:
         mark_done(work_dir, run, version_id)
-    for evaluated in [version_id, *[v.id for v in chain[:1]], *([parent.id] if parent else [])]:
+    for evaluated in [version_id, *[v.id for v in chain[:1]], *([parent.id] if parent else [])] if evaluate else []:
         evaluate_version(store, evaluated, progress=progress, only_missing=True, device=device)
     if activate:
         progress(ProgressEvent(stage="activate", message=activate_if_parent_still_active(store, version_id, run.parent).message))

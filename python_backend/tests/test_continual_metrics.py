@@ -32,11 +32,12 @@ def test_forgetting_takes_the_best_earlier_stage() -> None:
     assert forgetting(R3) == pytest.approx(0.15)
 
 
-def test_fwt_uses_the_stage_before_each_site() -> None:
-    # b = stage-1 row: j=1: R[0,1] - b[1] = 0.50 - 0.50 = 0 ; j=2: R[1,2] - b[2] = 0.45 - 0.40 = 0.05 ; mean 0.025
-    assert fwt(R3, R3[0]) == pytest.approx(0.025)
-    # another reference: j=1: 0.50 - 0.30 = 0.20 ; j=2: 0.45 - 0.30 = 0.15 ; mean 0.175 (b[0] unused)
-    assert fwt(R3, np.array([99.0, 0.30, 0.30])) == pytest.approx(0.175)
+def test_fwt_averages_sites_from_the_third_on() -> None:
+    # b = stage-1 row; only j=2 counts: R[1,2] - b[2] = 0.45 - 0.40 = 0.05 (j=1 would be 0 by construction)
+    assert fwt(R3, R3[0]) == pytest.approx(0.05)
+    # another reference: j=2: 0.45 - 0.30 = 0.15 ; b[0] and b[1] unused
+    assert fwt(R3, np.array([99.0, -50.0, 0.30])) == pytest.approx(0.15)
+    assert math.isnan(fwt(R3[:2, :2], R3[0, :2]))  # two sites: no term left
 
 
 def test_four_stage_matrix_with_distinct_entries() -> None:
@@ -44,7 +45,7 @@ def test_four_stage_matrix_with_distinct_entries() -> None:
     assert acc(r) == pytest.approx(31.5)  # mean(30, 31, 32, 33)
     assert bwt(r) == pytest.approx(20.0)  # mean over j=0..2 of (30 + j) - 11 j = mean(30, 20, 10)
     assert forgetting(r) == pytest.approx(-10.0)  # max_{l<=2} (10 l + j) = 20 + j ; (20 + j) - (30 + j) = -10
-    assert fwt(r, np.zeros(4)) == pytest.approx(12.0)  # R[j-1, j] = 11 j - 10 for j=1..3: mean(1, 12, 23)
+    assert fwt(r, np.zeros(4)) == pytest.approx(17.5)  # R[j-1, j] = 11 j - 10 for j=2..3: mean(12, 23)
 
 
 def test_forgetting_max_includes_stages_before_the_site_and_excludes_the_last() -> None:
@@ -79,7 +80,7 @@ def test_single_stage_has_only_acc() -> None:
 
 def test_summarize_collects_all_four() -> None:
     summary = summarize(R3, R3[0])
-    assert summary == pytest.approx({"acc": 0.75, "bwt": -0.15, "forgetting": 0.15, "fwt": 0.025})
+    assert summary == pytest.approx({"acc": 0.75, "bwt": -0.15, "forgetting": 0.15, "fwt": 0.05})
 
 
 def test_rejects_non_square_matrix_and_wrong_reference_length() -> None:

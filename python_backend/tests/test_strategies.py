@@ -9,6 +9,8 @@ import torch
 from dakr.config import apply_overrides, ExperimentConfig
 from dakr.continual.buffer import ReplayBuffer
 from dakr.continual.strategies import MAIN_STRATEGIES, STRATEGIES, get_strategy
+from dakr.data.preprocessing import PreprocessedCase
+from dakr.data.sampling import PatchSampler
 from dakr.nets import BottleneckTap, build_network
 from dakr.pipeline import adapt
 from dakr.training import Batch, StageContext
@@ -33,7 +35,8 @@ def _context(config, buffer=True, seed=0):
     labels[:, :, 8:24, 8:24] = 2
     labels[:, :, 12:20, 12:20] = 1
     return StageContext(
-        config=config, model=model, sampler=None, num_classes=3, device=torch.device("cpu"), rng=rng, stage=2,
+        config=config, model=model, sampler=PatchSampler([PreprocessedCase("c0", images[:, 0], labels[:, 0], None)], (32, 32), 2, 0.5),
+        num_classes=3, device=torch.device("cpu"), rng=rng, stage=2,
         site="s2", previous_model=previous,
         buffer=ReplayBuffer(images, labels, np.array(["s1"] * 12)) if buffer else None,
     )

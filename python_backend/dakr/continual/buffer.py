@@ -39,13 +39,18 @@ class ReplayBuffer:
         return int(self.images.nbytes + self.labels.nbytes)
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``batch_size`` samples uniformly with replacement: (images float32, labels int64)."""
+        """Draw ``batch_size`` samples (see :meth:`sample_indices`): (images float32, labels int64)."""
         index = self.sample_indices(batch_size, rng)
         return self.images[index], self.labels[index].astype(np.int64)
 
     def sample_indices(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-        """Positions of ``batch_size`` samples drawn uniformly with replacement."""
-        return rng.integers(0, len(self), size=batch_size)
+        """Positions of ``batch_size`` samples, uniformly at random and without replacement.
+
+        A buffer smaller than the batch contributes every sample once per full pass (random
+        permutations one after the other), so no sample repeats before all have been used.
+        """
+        passes = -(-batch_size // len(self))
+        return np.concatenate([rng.permutation(len(self)) for _ in range(passes)])[:batch_size]
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The form stored next to a model version (``np.savez``, no pickled objects)."""

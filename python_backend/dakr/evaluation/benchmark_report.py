@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,54 +15,97 @@ import numpy as np  # noqa: E402
 
 def write_benchmark_outputs(results: dict[str, Any], out: Path) -> None:
     """Write ``results.md``, ``accuracy_matrices.png`` and ``final_dice.png`` into ``out``."""
-    (out / "results.md").write_text(markdown_table(results) + "\n" + targets_section(results))
+    sections = [markdown_table(results), paired_table(results), winners_table(results), targets_section(results)]
+    (out / "results.md").write_text("\n".join(section for section in sections if section))
     plot_accuracy_matrices(results, out / "accuracy_matrices.png")
     plot_final_dice(results, out / "final_dice.png")
 
 
+def _spread(row: dict[str, Any], metric: str) -> str:
+    mean, std = row.get(metric), row.get(f"{metric}_std")
+    if mean is None:
+        return "–"
+    return f"{mean:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+
+
+def _interval(values: list[float | None]) -> str:
+    low, mean, high = values
+    if mean is None:
+        return "–"
+    return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]" if low is not None and high is not None else f"{mean:+.1f}"
+
+
 def markdown_table(results: dict[str, Any]) -> str:
-    """One row per strategy: ACC, BWT, forgetting, FWT (Dice points, mean ± std over seeds) and costs."""
+    """One row per strategy: ACC, BWT, new-site Dice, forgetting, FWT (Dice points, mean ± sample std over seeds) and costs."""
     strategies = results["strategies"]
     reference = strategies.get("replay", {}).get("seconds_per_step")
+    split = results.get("split", "audit")
     lines = [
-        f"Sites in order: {', '.join(results['sites'])}. Device: {results['device']}. "
-        f"Seeds: {len(next(iter(strategies.values()))['seeds'])}. FWT reference: {results['fwt_reference']}.",
+        f"Sites in order: {', '.join(results['sites'])}. Scored on the {split} split. Device: {results['device']}. "
+        f"Seeds: {len(next(iter(strategies.values()))['seeds'])} (± is the sample std over seeds). "
+        f"New site: mean of R[t, t]. FWT reference: {results['fwt_reference']}.",
         "",
-        "| strategy | ACC | BWT | forgetting | FWT | s/step | × replay | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| strategy | ACC | BWT | new site | forgetting | FWT | s/step | × replay | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in strategies.items():
-        ratio = f"{row['seconds_per_step'] / reference:.2f}" if reference else "–"
+        step = row.get("seconds_per_step")
+        ratio = f"{step / reference:.2f}" if step and reference else "–"
         lines.append(
-            f"| {name} | {row['acc']:.1f} ± {row['acc_std']:.1f} | {row['bwt']:.1f} ± {row['bwt_std']:.1f} | "
-            f"{row['forgetting']:.1f} | {row['fwt']:.1f} | {row['seconds_per_step']:.3f} | {ratio} | {row['peak_rss_mb']:.0f} |"
+            f"| {name} | {_spread(row, 'acc')} | {_spread(row, 'bwt')} | {_spread(row, 'new_site')} | {_spread(row, 'forgetting')} | "
+            f"{_spread(row, 'fwt')} | {f'{step:.3f}' if step else '–'} | {ratio} | {row['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
 
+def paired_table(results: dict[str, Any]) -> str:
+    """Paired differences a − b of ACC and BWT with their 95 % bootstrap intervals (seeds × cases)."""
+    paired = results.get("paired") or {}
+    if not paired:
+        return ""
+    lines = [
+        "Paired differences (Dice points), 95 % interval from a bootstrap over seeds and cases:",
+        "",
+        "| comparison | Δ ACC [95 % CI] | Δ BWT [95 % CI] |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {key} | {_interval(row['acc'])} | {_interval(row['bwt'])} |" for key, row in paired.items()]
+    return "\n".join(lines) + "\n"
+
+
+def winners_table(results: dict[str, Any]) -> str:
+    """The best variant of each strategy on validation ACC (tuning runs only)."""
+    winners = results.get("winners") or {}
+    if not winners:
+        return ""
+    lines = ["Best variant per strategy on validation ACC:", "", "| strategy | variant | ACC | overrides |", "|---|---|---|---|"]
+    lines += [
+        f"| {strategy} | {row['variant']} | {row['acc']:.1f} | `{json.dumps(row['overrides'])}` |" for strategy, row in winners.items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def target_checks(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    """The product's benchmark targets as (target, measured, met) rows; targets need ``dakr`` in the results."""
-    rows = results["strategies"]
-    if "dakr" not in rows:
+    """The product's benchmark targets as (target, measured, met) rows (audit results with ``dakr`` and ``replay``)."""
+    rows, paired = results["strategies"], results.get("paired") or {}
+    if results.get("split", "audit") != "audit" or "dakr" not in rows or "replay" not in rows:
         return []
-    dakr = rows["dakr"]
+    budgets = results["config"]["buffer_budgets"]
     checks = []
-    if "finetune" in rows:
-        value = rows["finetune"]["bwt"]
-        checks.append(("finetune BWT ≤ −5 (forgetting is real)", f"{value:.1f}", value <= -5))
-    for name in ("replay", "ewc", "lwf", "finetune"):
-        if name in rows:
-            other = rows[name]
-            checks.append((
-                f"dakr beats {name} on ACC and BWT",
-                f"ACC {dakr['acc']:.1f} vs {other['acc']:.1f}, BWT {dakr['bwt']:.1f} vs {other['bwt']:.1f}",
-                dakr["acc"] > other["acc"] and dakr["bwt"] > other["bwt"],
-            ))
-    if "joint" in rows:
-        gap = rows["joint"]["acc"] - dakr["acc"]
-        checks.append(("dakr ACC within 2 points of joint", f"{dakr['acc']:.1f} vs {rows['joint']['acc']:.1f}", gap <= 2))
-    if "replay" in rows:
-        ratio = dakr["seconds_per_step"] / rows["replay"]["seconds_per_step"]
+    for budget in budgets:
+        suffix = "" if budget == budgets[0] else f"@buffer={budget}"
+        replay, dakr = rows.get(f"replay{suffix}"), rows.get(f"dakr{suffix}")
+        if replay is None or dakr is None:
+            continue
+        if budget <= 16:
+            checks.append((f"replay BWT ≤ −5 at buffer {budget} (forgetting is real)", f"{replay['bwt']:.1f}", replay["bwt"] <= -5))
+        difference = paired.get(f"dakr-replay@buffer={budget}")
+        if difference and budget <= 16 and difference["acc"][0] is not None:
+            low, mean, _ = difference["acc"]
+            checks.append((f"dakr − replay ACC ≥ +2 with the 95 % interval above 0 at buffer {budget}", _interval(difference["acc"]), mean >= 2 and low > 0))
+        checks.append((f"dakr BWT ≥ replay BWT at buffer {budget}", f"{dakr['bwt']:.1f} vs {replay['bwt']:.1f}", dakr["bwt"] >= replay["bwt"]))
+    if rows["dakr"].get("seconds_per_step") and rows["replay"].get("seconds_per_step"):
+        ratio = rows["dakr"]["seconds_per_step"] / rows["replay"]["seconds_per_step"]
         checks.append(("dakr seconds/step ≤ 1.3 × replay", f"{ratio:.2f}×", ratio <= 1.3))
     return checks
 
@@ -89,7 +133,7 @@ def plot_accuracy_matrices(results: dict[str, Any], path: Path) -> None:
         for (i, j), value in np.ndenumerate(matrix):
             axis.text(j, i, "–" if np.isnan(value) else f"{value:.0f}", ha="center", va="center",
                       color="white" if value < 60 else "black", fontsize=8)
-        axis.set_title(f"{name}\nACC {row['acc']:.1f}  BWT {row['bwt']:.1f}", fontsize=9)
+        axis.set_title(f"{name}\nACC {_spread(row, 'acc')}  BWT {_spread(row, 'bwt')}", fontsize=9)
         axis.set_xticks(range(len(sites)), [f"S{j + 1}" for j in range(len(sites))], fontsize=8)
         axis.set_yticks(range(matrix.shape[0]), [f"after {i + 1}" for i in range(matrix.shape[0])], fontsize=8)
     for axis in list(axes.flat)[len(strategies):]:

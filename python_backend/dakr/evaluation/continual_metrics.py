@@ -3,7 +3,8 @@
 ``R`` is a square ``(T, T)`` array: ``R[i, j]`` is the mean foreground Dice on the audit split of
 site ``j`` after training stage ``i`` (both 0-based; METHOD.md writes them 1-based). NaN marks a
 site that was not evaluated after a stage and is left out of every mean and maximum. With a single
-stage (``T == 1``) there is no earlier site and no later stage, so BWT, forgetting and FWT are NaN;
+stage (``T == 1``) there is no earlier site and no later stage, so BWT, forgetting and FWT are NaN
+(FWT needs three sites);
 a mean over no values is NaN as well.
 """
 
@@ -39,18 +40,18 @@ def forgetting(r: np.ndarray) -> float:
 
 
 def fwt(r: np.ndarray, b: np.ndarray) -> float:
-    """FWT = mean over j = 1..T-1 of ``R[j-1, j] - b[j]``.
+    """FWT = mean over j = 2..T-1 of ``R[j-1, j] - b[j]`` (NaN with fewer than three sites).
 
     ``b`` has length T; ``b[j]`` is the zero-shot reference Dice on site j (METHOD.md: the
-    stage-1 model's Dice, i.e. ``R[0, j]``; state the reference used in every report). ``b[0]``
-    is not used.
+    stage-1 model's Dice, i.e. ``R[0, j]``; state the reference used in every report). The
+    j = 1 term ``R[0, 1] - b[1]`` is left out: with that reference it is zero by construction.
     """
     r = _check_matrix(r)
     b = np.asarray(b, dtype=float)
     t = r.shape[0]
     if b.shape != (t,):
         raise ValueError(f"FWT reference b must have one value per site, shape ({t},), got {b.shape}")
-    return _nanmean(np.array([r[j - 1, j] - b[j] for j in range(1, t)]))
+    return _nanmean(np.array([r[j - 1, j] - b[j] for j in range(2, t)]))
 
 
 def summarize(r: np.ndarray, b: np.ndarray) -> dict[str, float]:

@@ -49,7 +49,7 @@ _METRICS = (
     ("ACC", "acc", "mean over sites j of R[T, j]: Dice of the final model on every site of the lineage", False),
     ("BWT", "bwt", "mean over j < T of R[T, j] − R[j, j]; negative = forgetting", True),
     ("Forgetting", "forgetting", "mean over j < T of max over l < T of R[l, j] − R[T, j]; positive = forgetting", True),
-    ("FWT", "fwt", "mean over j ≥ 2 of R[j−1, j] − b_j (b_j: see the reference below)", True),
+    ("FWT", "fwt", "mean over j ≥ 3 of R[j−1, j] − b_j (b_j: see the reference below; the j = 2 term is zero by construction)", True),
 )
 
 _CSS = """

@@ -1,9 +1,9 @@
 """``finetune``: sequential fine-tuning on each new site, the lower bound on retention."""
 
-from dakr.training.strategy import Strategy
+from dakr.continual.strategies.own_data import OwnDataTopUp
 
 
-class Finetune(Strategy):
+class Finetune(OwnDataTopUp):
     """Train on the new site only; nothing protects what earlier sites taught the network."""
 
     name = "finetune"

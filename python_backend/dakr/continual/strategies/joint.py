@@ -1,9 +1,9 @@
 """``joint``: train on every site seen so far, the upper bound that needs all past data."""
 
-from dakr.training.strategy import Strategy
+from dakr.continual.strategies.own_data import OwnDataTopUp
 
 
-class Joint(Strategy):
+class Joint(OwnDataTopUp):
     """Each stage trains on the training cases of all sites of the lineage plus the new one."""
 
     name = "joint"

@@ -7,10 +7,11 @@ targets of a distillation term: T² · KL(p_prev^T ‖ p_cur^T), weighted by ``c
 import torch
 import torch.nn.functional as F
 
-from dakr.training.strategy import Batch, StageContext, Strategy
+from dakr.continual.strategies.own_data import OwnDataTopUp
+from dakr.training.strategy import Batch, StageContext
 
 
-class LwF(Strategy):
+class LwF(OwnDataTopUp):
     """Distil the previous model's soft predictions; no stored data."""
 
     name = "lwf"
