@@ -49,7 +49,7 @@ def cmd_site_add(args: argparse.Namespace) -> int:
 
     store = _store(args.store)
     info = store.add_site(
-        args.name, discover_site(args.path), audit_fraction=args.audit_fraction, seed=args.seed, progress=ConsoleProgress()
+        args.name, discover_site(args.path, trusted=True), audit_fraction=args.audit_fraction, seed=args.seed, progress=ConsoleProgress()
     )
     print(f"registered site {info.name}: {info.n_train} training and {info.n_audit} audit cases (split seed {info.split_seed})")
     return 0
@@ -143,7 +143,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from dakr.pipeline import predict_image
 
     store = _store(args.store)
-    write_image(predict_image(store, read_image(args.image), args.version), args.out)
+    image = read_image(args.image, trusted_root=Path(args.image).parent)
+    write_image(predict_image(store, image, args.version, source=args.image), args.out)
     print(f"wrote {args.out}")
     return 0
 

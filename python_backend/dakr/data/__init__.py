@@ -1,6 +1,7 @@
 """Data: reading volumes, describing and validating sites, preprocessing and patch sampling."""
 
-from dakr.data.errors import DataError, SiteValidationError
+from dakr.data.errors import DataError, ImageTooLargeError, SiteValidationError
+from dakr.data.limits import ImageLimits
 from dakr.data.io import SUPPORTED_SUFFIXES, image_suffix, label_image_like, read_image, sniff_format, write_image
 from dakr.data.names import check_label_names, validate_name
 from dakr.data.preprocessing import PreprocessedCase, preprocess_case, preprocess_image, restore_geometry
@@ -12,6 +13,8 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "CaseFiles",
     "DataError",
+    "ImageLimits",
+    "ImageTooLargeError",
     "PatchSampler",
     "PreprocessedCase",
     "SiteSpec",

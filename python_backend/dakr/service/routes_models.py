@@ -14,12 +14,12 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from dakr import pipeline
-from dakr.data.io import read_image, write_image
+from dakr.data.io import write_image
 from dakr.data.site import case_id_from_image
 from dakr.service.context import ServiceContext, get_context, version_or_404, version_or_active
 from dakr.service.schemas import ErrorOut, JobCreatedOut, MatrixOut, ModelOut
 from dakr.service.security import safe_name
-from dakr.service.uploads import FORMAT_SUFFIXES, check_volume
+from dakr.service.uploads import FORMAT_SUFFIXES, check_volume, read_uploaded_volume
 from dakr.store import VersionInfo
 from dakr.store.files import CONFIG_FILE, WEIGHTS_FILE
 
@@ -101,8 +101,9 @@ def evaluation_matrix(context: ServiceContext = Depends(get_context)) -> MatrixO
         200: {"content": {"application/octet-stream": {}}, "description": "label map, same format and geometry as the input"},
         400: {"model": ErrorOut, "description": "invalid file name or unreadable volume"},
         409: {"model": ErrorOut, "description": "no model yet"},
-        413: {"model": ErrorOut, "description": "upload larger than the server's limit"},
+        413: {"model": ErrorOut, "description": "upload or volume larger than the server's limits"},
         415: {"model": ErrorOut, "description": "not a NIfTI, NRRD or MetaImage volume"},
+        422: {"model": ErrorOut, "description": "absurd voxel spacing, resampled grid over the limit, or the volume check was stopped"},
         **_NOT_FOUND,
     },
     summary="Segment an uploaded volume",
@@ -122,7 +123,7 @@ def predict(
         source = folder / name
         with source.open("wb") as handle:
             shutil.copyfileobj(file.file, handle)
-        prediction = pipeline.predict_image(context.store, read_image(source), version_id)
+        prediction = pipeline.predict_image(context.store, read_uploaded_volume(source), version_id, source=name)
         output = folder / f"{case_id_from_image(name)}{suffix}"
         write_image(prediction, output)
     except BaseException:

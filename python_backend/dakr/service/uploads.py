@@ -11,8 +11,11 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dakr.data.errors import DataError, SiteValidationError
-from dakr.data.io import image_suffix, sniff_format
+import SimpleITK as sitk
+
+from dakr.data.errors import DataError, ImageTooLargeError, SiteValidationError
+from dakr.data.io import image_suffix, read_image, sniff_format
+from dakr.data.isolation import CheckAbortedError, check_image_isolated, validate_site_isolated
 from dakr.data.site import SiteSpec, case_id_from_image, site_from_pairs
 from dakr.service.security import safe_name
 
@@ -94,12 +97,49 @@ def site_spec_from_uploads(
 
 def relative_problems(error: SiteValidationError, folder: Path) -> SiteValidationError:
     """The same problems with each file named as uploaded (``images/<name>``, ``labels/<name>``)."""
-    problems = []
-    for problem in error.problems:
-        path = Path(problem.file)
-        shown = path.relative_to(folder) if path.is_relative_to(folder) else path
-        problems.append(DataError(shown, problem.problem, problem.fix))
-    return SiteValidationError(problems)
+    return SiteValidationError([relative_error(problem, folder) for problem in error.problems])
+
+
+def relative_error(error: DataError, folder: Path) -> DataError:
+    """The same error of the same class with its file named relative to ``folder`` (the upload's)."""
+    path = Path(error.file)
+    shown = path.relative_to(folder) if path.is_relative_to(folder) else path
+    return type(error)(shown if str(shown) != "." else "upload", error.problem, error.fix)
+
+
+def validate_site_files(spec: SiteSpec, label_names: dict[str, int] | None, folder: Path) -> None:
+    """Validate a site's files in a memory- and time-limited process, naming files below ``folder``.
+
+    ``SiteValidationError`` lists the data's problems (422); HTTP 413 when reading needs more
+    memory than allowed, 422 when the check ran past its time limit or crashed.
+    """
+    try:
+        validate_site_isolated(spec, label_names)
+    except SiteValidationError as exc:
+        raise relative_problems(exc, folder) from exc
+    except DataError as exc:
+        raise _http_error(relative_error(exc, folder)) from exc
+
+
+def read_uploaded_volume(path: Path) -> sitk.Image:
+    """Read an uploaded volume after checking it in a memory- and time-limited process.
+
+    HTTP 413 for a volume over the size limits, 422 when the check ran past its time limit or
+    crashed, 400 for an unreadable volume; messages name the file as uploaded.
+    """
+    try:
+        check_image_isolated(path)
+    except DataError as exc:
+        raise _http_error(relative_error(exc, path.parent)) from exc
+    return read_image(path)
+
+
+def _http_error(error: DataError) -> HTTPException:
+    if isinstance(error, ImageTooLargeError):
+        return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error))
+    if isinstance(error, CheckAbortedError):
+        return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(error))
+    return HTTPException(status.HTTP_400_BAD_REQUEST, str(error))
 
 
 class UploadLimitMiddleware:

@@ -1,0 +1,152 @@
+"""Checking untrusted volumes in a separate process with a memory and a time limit.
+
+A hostile or broken upload may still cost a lot to read after its header passed (a highly
+compressed volume inflating to the byte limit, a reader bug). :func:`validate_site_isolated`
+and :func:`check_image_isolated` read the files in a child Python process whose address space
+is capped with ``resource.setrlimit(RLIMIT_AS)`` (POSIX; on Windows only the time limit
+applies) and which is killed after the time limit, so the calling server keeps running.
+Run as ``python -m dakr.data.isolation RESULT_FILE`` with the request as JSON on stdin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from dakr.data.errors import DataError, ImageTooLargeError, SiteValidationError
+from dakr.data.limits import ImageLimits
+from dakr.data.site import CaseFiles, SiteSpec
+
+#: Keep the child's address space small and predictable: one thread for every library.
+_CHILD_ENVIRONMENT = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
+    "MALLOC_ARENA_MAX": "2",
+}
+
+
+class CheckAbortedError(DataError):
+    """The checking process was stopped: it ran past the time limit or crashed."""
+
+
+def validate_site_isolated(spec: SiteSpec, label_names: dict[str, int] | None, limits: ImageLimits | None = None) -> dict[str, int]:
+    """:func:`dakr.data.validation.validate_site` in a child process under ``limits``.
+
+    Returns the label set. Raises ``SiteValidationError`` (the data's problems),
+    :class:`ImageTooLargeError` (reading needs more memory than allowed),
+    or :class:`CheckAbortedError` (time limit or crash).
+    """
+    request = {
+        "task": "site",
+        "cases": [[case.case_id, str(case.image), str(case.label)] for case in spec.cases],
+        "site_labels": spec.label_names,
+        "store_labels": label_names,
+        "trusted_root": None if spec.trusted_root is None else str(spec.trusted_root),
+    }
+    folders = {str(path.parent) for case in spec.cases for path in (case.image, case.label)}
+    return _run(request, os.path.commonpath(folders) if folders else "site", limits or ImageLimits.from_environment())["labels"]
+
+
+def check_image_isolated(path: Path, limits: ImageLimits | None = None) -> None:
+    """Read the volume at ``path`` (untrusted) in a child process under ``limits``.
+
+    Raises what :func:`dakr.data.io.read_image` raises, plus :class:`ImageTooLargeError` when
+    reading needs more memory than allowed and :class:`CheckAbortedError` (time limit or crash).
+    """
+    _run({"task": "image", "path": str(path)}, str(path), limits or ImageLimits.from_environment())
+
+
+def _run(request: dict[str, Any], subject: str, limits: ImageLimits) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="dakr-check-") as folder:
+        result_file = Path(folder) / "result.json"
+        command = [sys.executable, "-m", "dakr.data.isolation", str(result_file), str(limits.validation_memory_bytes)]
+        try:
+            completed = subprocess.run(
+                command,
+                input=json.dumps(request).encode(),
+                capture_output=True,
+                timeout=limits.validation_timeout_s,
+                env={**os.environ, **_CHILD_ENVIRONMENT},
+            )
+        except subprocess.TimeoutExpired:
+            raise CheckAbortedError(
+                subject,
+                f"checking the volumes took longer than the limit of {limits.describe_timeout()} and was stopped",
+                "send smaller volumes, or raise the limit where the server runs",
+            ) from None
+        if not result_file.exists():
+            raise _crash(subject, completed, limits)
+        result = json.loads(result_file.read_text(encoding="utf-8"))
+    if "memory" in result:
+        raise ImageTooLargeError(
+            subject,
+            f"reading the volumes needs more memory than the limit of {limits.describe_memory()} ({result['memory']})",
+            "send smaller volumes, or raise the limit where the server runs",
+        )
+    problems = [_error(problem) for problem in result.get("problems", [])]
+    if result.get("single") and problems:
+        raise problems[0]
+    if problems:
+        raise SiteValidationError(problems)
+    return result
+
+
+def _crash(subject: str, completed: subprocess.CompletedProcess[bytes], limits: ImageLimits) -> CheckAbortedError:
+    code = completed.returncode
+    how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"stopped with exit code {code}"
+    detail = completed.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+    return CheckAbortedError(
+        subject,
+        f"the process checking the volumes {how} ({detail[0]}); its memory limit is {limits.describe_memory()}",
+        "check that the files are complete NIfTI, NRRD or MHA volumes; if they are, send smaller volumes or raise the limit",
+    )
+
+
+def _error(problem: dict[str, str]) -> DataError:
+    kind = ImageTooLargeError if problem.get("too_large") else DataError
+    return kind(problem["file"], problem["problem"], problem["fix"])
+
+
+def _problem(error: DataError) -> dict[str, Any]:
+    return {"file": error.file, "problem": error.problem, "fix": error.fix, "too_large": isinstance(error, ImageTooLargeError)}
+
+
+def _serve(request: dict[str, Any]) -> dict[str, Any]:
+    """The child's work: validate and describe the outcome as JSON-ready data."""
+    from dakr.data.io import read_image
+    from dakr.data.validation import validate_site
+
+    try:
+        if request["task"] == "image":
+            read_image(request["path"])
+            return {}
+        cases = [CaseFiles(case_id, Path(image), Path(label)) for case_id, image, label in request["cases"]]
+        trusted_root = None if request["trusted_root"] is None else Path(request["trusted_root"])
+        return {"labels": validate_site(SiteSpec(cases, request["site_labels"], trusted_root), request["store_labels"])}
+    except SiteValidationError as exc:
+        return {"problems": [_problem(problem) for problem in exc.problems]}
+    except DataError as exc:
+        return {"problems": [_problem(exc)], "single": True}
+    except MemoryError as exc:
+        return {"memory": str(exc) or "out of memory"}
+
+
+def _main(result_file: str, memory_bytes: str) -> None:
+    if os.name != "nt":
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (int(memory_bytes), int(memory_bytes)))
+    result = _serve(json.loads(sys.stdin.buffer.read()))
+    Path(result_file).write_text(json.dumps(result), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    _main(*sys.argv[1:3])
