@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import SimpleITK as sitk
+
 from dakr.data.errors import DataError, ImageTooLargeError, SiteValidationError
 from dakr.data.limits import ImageLimits
 from dakr.data.site import CaseFiles, SiteSpec
@@ -88,7 +90,7 @@ def _run(request: dict[str, Any], subject: str, limits: ImageLimits) -> dict[str
     if "memory" in result:
         raise ImageTooLargeError(
             subject,
-            f"reading the volumes needs more memory than the limit of {limits.describe_memory()} ({result['memory']})",
+            f"reading the volumes needs more memory than the limit of {limits.describe_memory()}",
             "send smaller volumes, or raise the limit where the server runs",
         )
     problems = [_error(problem) for problem in result.get("problems", [])]
@@ -119,11 +121,13 @@ def _problem(error: DataError) -> dict[str, Any]:
     return {"file": error.file, "problem": error.problem, "fix": error.fix, "too_large": isinstance(error, ImageTooLargeError)}
 
 
-def _serve(request: dict[str, Any]) -> dict[str, Any]:
+def _serve(request: dict[str, Any], memory_bytes: int) -> dict[str, Any]:
     """The child's work: validate and describe the outcome as JSON-ready data."""
     from dakr.data.io import read_image
     from dakr.data.validation import validate_site
 
+    limits = ImageLimits(validation_memory_bytes=memory_bytes)
+    headroom = memory_bytes - _address_space_in_use()
     try:
         if request["task"] == "image":
             read_image(request["path"])
@@ -132,11 +136,46 @@ def _serve(request: dict[str, Any]) -> dict[str, Any]:
         trusted_root = None if request["trusted_root"] is None else Path(request["trusted_root"])
         return {"labels": validate_site(SiteSpec(cases, request["site_labels"], trusted_root), request["store_labels"])}
     except SiteValidationError as exc:
-        return {"problems": [_problem(problem) for problem in exc.problems]}
+        return {"problems": [_problem(_memory_explained(problem, headroom, limits)) for problem in exc.problems]}
     except DataError as exc:
-        return {"problems": [_problem(exc)], "single": True}
+        return {"problems": [_problem(_memory_explained(exc, headroom, limits))], "single": True}
     except MemoryError as exc:
-        return {"memory": str(exc) or "out of memory"}
+        return {"memory": True}
+
+
+def _memory_explained(error: DataError, headroom: int, limits: ImageLimits) -> DataError:
+    """A reader failure (its header was fine) as :class:`ImageTooLargeError` when the volume's
+    voxels, held twice while reading (the reader's buffer and the image), do not fit in
+    ``headroom`` bytes: C readers report a failed allocation only as "cannot be read"."""
+    from dakr.data.headers import IMAGE_IOS, declared_bytes
+    from dakr.data.io import image_suffix
+
+    if type(error) is not DataError or not error.problem.startswith("cannot be read"):
+        return error
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetImageIO(IMAGE_IOS[image_suffix(error.file)])
+        reader.SetFileName(error.file)
+        reader.ReadImageInformation()
+    except (RuntimeError, DataError):
+        return error
+    needed = 2 * declared_bytes(reader)
+    if needed <= headroom:
+        return error
+    return ImageTooLargeError(
+        error.file,
+        f"reading it needs about {needed / 2**20:.0f} MB, more than the {headroom / 2**20:.0f} MB left under the "
+        f"memory limit of {limits.describe_memory()}",
+        "send a smaller volume, or raise the limit where the server runs",
+    )
+
+
+def _address_space_in_use() -> int:
+    """Bytes of address space this process uses now (0 where ``/proc`` is missing)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _main(result_file: str, memory_bytes: str) -> None:
@@ -144,7 +183,7 @@ def _main(result_file: str, memory_bytes: str) -> None:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (int(memory_bytes), int(memory_bytes)))
-    result = _serve(json.loads(sys.stdin.buffer.read()))
+    result = _serve(json.loads(sys.stdin.buffer.read()), int(memory_bytes))
     Path(result_file).write_text(json.dumps(result), encoding="utf-8")
 
 

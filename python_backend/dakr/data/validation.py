@@ -96,14 +96,22 @@ def _agreed_label_set(
 
 
 def _duplicate_case_ids(cases: list[CaseFiles]) -> list[DataError]:
-    images_by_id: dict[str, list[str]] = defaultdict(list)
+    """Cases sharing an id, also ids equal ignoring case (they would share a folder on macOS and Windows)."""
+    by_id: dict[str, list[CaseFiles]] = defaultdict(list)
     for case in cases:
-        images_by_id[case.case_id].append(str(case.image))
-    return [
-        DataError(images[0], f"case id {case_id!r} is used by {len(images)} images: {', '.join(images)}", "give every case a unique file name")
-        for case_id, images in images_by_id.items()
-        if len(images) > 1
-    ]
+        by_id[case.case_id.casefold()].append(case)
+    problems = []
+    for group in by_id.values():
+        if len(group) < 2:
+            continue
+        images = ", ".join(str(case.image) for case in group)
+        ids = sorted({case.case_id for case in group})
+        if len(ids) == 1:
+            problem = f"case id {ids[0]!r} is used by {len(group)} images: {images}"
+        else:
+            problem = f"case ids {', '.join(map(repr, ids))} differ only by upper/lower case (one folder on macOS and Windows): {images}"
+        problems.append(DataError(group[0].image, problem, "give every case a unique file name, differing by more than case"))
+    return problems
 
 
 def _check_case(case: CaseFiles, trusted_root: Path | None, problems: list[DataError]) -> set[int] | None:

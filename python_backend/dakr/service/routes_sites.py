@@ -17,7 +17,7 @@ from dakr.service.context import ServiceContext, get_context, site_or_404
 from dakr.service.schemas import CaseOut, ErrorOut, SiteFromPathIn, SiteOut
 from dakr.service.security import safe_name
 from dakr.service.uploads import relative_problems, site_spec_from_uploads, validate_site_files
-from dakr.store import SiteInfo, Store
+from dakr.store import SiteInfo, Store, StoreError
 
 router = APIRouter(tags=["sites"])
 _ERRORS = {
@@ -39,8 +39,10 @@ def site_out(info: SiteInfo) -> SiteOut:
 
 def _require_new_site(store: Store, name: str) -> None:
     safe_name(name, "site")
-    if any(site.name == name for site in store.sites()):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"site {name!r} is already registered; choose another site name")
+    try:
+        store.require_new_site(name)
+    except StoreError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
 
 
 @router.get("/sites", response_model=list[SiteOut], summary="All registered sites")
