@@ -41,19 +41,19 @@ def gzip_bomb(path: Path, header: bytes, inflated_mib: int) -> Path:
     return path
 
 
-def detached_mha(path: Path, data_file: str, size: int = 4) -> Path:
-    """A MetaImage header whose voxels are said to live in ``data_file``."""
+def detached_mha(path: Path, data_file: str, size: tuple[int, int, int] = (4, 4, 4)) -> Path:
+    """A MetaImage header whose uint8 voxels (x, y, z ``size``) are said to live in ``data_file``."""
     path.write_text(
         "ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-        f"DimSize = {size} {size} {size}\nElementSpacing = 1 1 1\nElementType = MET_UCHAR\nElementDataFile = {data_file}\n"
+        f"DimSize = {' '.join(map(str, size))}\nElementSpacing = 1 1 1\nElementType = MET_UCHAR\nElementDataFile = {data_file}\n"
     )
     return path
 
 
-def detached_nrrd(path: Path, data_file: str, size: int = 4) -> Path:
-    """An NRRD header whose voxels are said to live in ``data_file``."""
+def detached_nrrd(path: Path, data_file: str, size: tuple[int, int, int] = (4, 4, 4)) -> Path:
+    """An NRRD header whose uint8 voxels (x, y, z ``size``) are said to live in ``data_file``."""
     path.write_text(
-        f"NRRD0004\ntype: unsigned char\ndimension: 3\nsizes: {size} {size} {size}\nspacings: 1 1 1\n"
+        f"NRRD0004\ntype: unsigned char\ndimension: 3\nsizes: {' '.join(map(str, size))}\nspacings: 1 1 1\n"
         f"encoding: raw\nendian: little\ndata file: {data_file}\n\n"
     )
     return path

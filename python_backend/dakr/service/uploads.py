@@ -138,7 +138,7 @@ def _http_error(error: DataError) -> HTTPException:
     if isinstance(error, ImageTooLargeError):
         return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error))
     if isinstance(error, CheckAbortedError):
-        return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(error))
+        return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error))
     return HTTPException(status.HTTP_400_BAD_REQUEST, str(error))
 
 
