@@ -66,6 +66,9 @@ def test_external_voxel_data_must_stay_inside_a_trusted_folder(tmp_path: Path, s
     escaping = write(folder / f"escaping.{suffix}", "../outside/secret.raw")
     with pytest.raises(DataError, match="outside the folder"):
         read_image(escaping, trusted_root=folder)
+    (folder / "link.raw").symlink_to(secret)
+    with pytest.raises(DataError, match="outside the folder"):
+        read_image(write(folder / f"link.{suffix}", "link.raw"), trusted_root=folder)
     with pytest.raises(DataError, match="several files"):
         read_image(write(folder / f"list.{suffix}", "LIST"), trusted_root=folder)
 
