@@ -12,14 +12,11 @@ import pytest
 import SimpleITK as sitk
 from fastapi.testclient import TestClient
 
-from dakr.config import apply_overrides
 from dakr.data.site import discover_site
-from dakr.nets import build_network
-from dakr.pipeline import NETWORK_PREFIX
 from dakr.service import create_app
 from dakr.store import Store
 from hostile_volumes import detached_mha, detached_nrrd, gzip_bomb, nifti_header
-from test_service_support import LABELS, add_tiny_version, case_volumes, encoded, tiny_config, upload_files, write_site
+from test_service_support import add_tiny_version, case_volumes, encoded, upload_files, write_site
 
 API = "/api/v1"
 SECRET_SHAPE = (32, 32, 6)
@@ -32,10 +29,7 @@ def store(tmp_path: Path) -> Store:
     store = Store.init(tmp_path / "store")
     store.add_site("A", discover_site(write_site(tmp_path / "A")), audit_fraction=0.25)
     add_tiny_version(store, "A", None)
-    config = apply_overrides(tiny_config(), {"preprocess.target_spacing": [2.0, 2.0, 2.0]})
-    network = build_network(config.net, len(LABELS))
-    tensors = {NETWORK_PREFIX + name: value.detach().clone() for name, value in network.state_dict().items()}
-    store.add_version(parent=1, site="A", strategy="dakr", config=config.to_dict(), seed=0, tensors=tensors, buffer=None)
+    add_tiny_version(store, "A", 1, overrides={"preprocess.target_spacing": [2.0, 2.0, 2.0]})
     return store
 
 
