@@ -27,7 +27,7 @@ from dakr.data.errors import DataError, ImageTooLargeError
 from dakr.data.limits import MAX_HEADER_BYTES, ImageLimits
 
 #: The ITK reader for each file ending, so the parser is the one whose header was checked.
-IMAGE_IOS = {".seg.nrrd": "NrrdImageIO", ".nrrd": "NrrdImageIO", ".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".mha": "MetaImageIO"}
+_IMAGE_IOS = {".seg.nrrd": "NrrdImageIO", ".nrrd": "NrrdImageIO", ".nii.gz": "NiftiImageIO", ".nii": "NiftiImageIO", ".mha": "MetaImageIO"}
 NIFTI1_HEADER_SIZE = 348
 NIFTI2_HEADER_SIZE = 540
 #: NIfTI datatype codes of float32 and float64.
@@ -37,7 +37,6 @@ UNREADABLE_FIX = "check the file is complete and really is a NIfTI, NRRD or MHA 
 _ITK_PREFIX = re.compile(r"^(?:[\w:]*\s?ERROR:\s*)?(?:\w+\(0x[0-9a-fA-F]+\):\s*)?(?:\[\w+\]\s*)?")
 _MHA_DATA_KEY = "elementdatafile"
 _NRRD_DATA_KEYS = ("data file", "datafile")
-_COMPRESSED_NRRD = {"gzip", "gz", "bzip2", "bz2"}
 
 
 @dataclass(frozen=True)
@@ -87,14 +86,20 @@ def open_header(path: Path, suffix: str, limits: ImageLimits, trusted_root: Path
         _check_mha(path, trusted_root)
     else:
         _check_nifti_magic(path, suffix)
-    reader = sitk.ImageFileReader()
-    reader.SetImageIO(IMAGE_IOS[suffix])
-    reader.SetFileName(str(path))
+    reader = header_reader(path, suffix)
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise DataError(path, f"cannot be read ({itk_reason(exc)})", UNREADABLE_FIX) from exc
     _check_declared_size(path, reader, limits)
+    return reader
+
+
+def header_reader(path: Path, suffix: str) -> sitk.ImageFileReader:
+    """An ITK reader of ``path`` pinned to the parser of ``suffix`` (nothing read yet)."""
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO(_IMAGE_IOS[suffix])
+    reader.SetFileName(str(path))
     return reader
 
 

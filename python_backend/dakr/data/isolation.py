@@ -5,7 +5,7 @@ compressed volume inflating to the byte limit, a reader bug). :func:`validate_si
 and :func:`check_image_isolated` read the files in a child Python process whose address space
 is capped with ``resource.setrlimit(RLIMIT_AS)`` (POSIX; on Windows only the time limit
 applies) and which is killed after the time limit, so the calling server keeps running.
-Run as ``python -m dakr.data.isolation RESULT_FILE`` with the request as JSON on stdin.
+Run as ``python -m dakr.data.isolation RESULT_FILE MEMORY_BYTES`` with the request as JSON on stdin.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import SimpleITK as sitk
-
 from dakr.data.errors import DataError, ImageTooLargeError, SiteValidationError
+from dakr.data.headers import declared_bytes, header_reader
+from dakr.data.io import image_suffix, read_image
 from dakr.data.limits import ImageLimits
 from dakr.data.site import CaseFiles, SiteSpec
+from dakr.data.validation import validate_site
 
 #: Keep the child's address space small and predictable: one thread for every library.
 _CHILD_ENVIRONMENT = {
@@ -123,9 +124,6 @@ def _problem(error: DataError) -> dict[str, Any]:
 
 def _serve(request: dict[str, Any], memory_bytes: int) -> dict[str, Any]:
     """The child's work: validate and describe the outcome as JSON-ready data."""
-    from dakr.data.io import read_image
-    from dakr.data.validation import validate_site
-
     limits = ImageLimits(validation_memory_bytes=memory_bytes)
     headroom = memory_bytes - _address_space_in_use()
     try:
@@ -139,7 +137,7 @@ def _serve(request: dict[str, Any], memory_bytes: int) -> dict[str, Any]:
         return {"problems": [_problem(_memory_explained(problem, headroom, limits)) for problem in exc.problems]}
     except DataError as exc:
         return {"problems": [_problem(_memory_explained(exc, headroom, limits))], "single": True}
-    except MemoryError as exc:
+    except MemoryError:
         return {"memory": True}
 
 
@@ -147,15 +145,10 @@ def _memory_explained(error: DataError, headroom: int, limits: ImageLimits) -> D
     """A reader failure (its header was fine) as :class:`ImageTooLargeError` when the volume's
     voxels, held twice while reading (the reader's buffer and the image), do not fit in
     ``headroom`` bytes: C readers report a failed allocation only as "cannot be read"."""
-    from dakr.data.headers import IMAGE_IOS, declared_bytes
-    from dakr.data.io import image_suffix
-
     if type(error) is not DataError or not error.problem.startswith("cannot be read"):
         return error
     try:
-        reader = sitk.ImageFileReader()
-        reader.SetImageIO(IMAGE_IOS[image_suffix(error.file)])
-        reader.SetFileName(error.file)
+        reader = header_reader(Path(error.file), image_suffix(error.file))
         reader.ReadImageInformation()
     except (RuntimeError, DataError):
         return error
