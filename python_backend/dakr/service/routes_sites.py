@@ -16,7 +16,7 @@ from dakr.data.site import discover_site
 from dakr.service.context import ServiceContext, get_context, site_or_404
 from dakr.service.schemas import CaseOut, ErrorOut, SiteFromPathIn, SiteOut
 from dakr.service.security import safe_name
-from dakr.service.uploads import relative_problems, site_spec_from_uploads, validate_site_files
+from dakr.service.uploads import register_site_files, relative_problems, site_spec_from_uploads
 from dakr.store import SiteInfo, Store, StoreError
 
 router = APIRouter(tags=["sites"])
@@ -75,10 +75,9 @@ def register_site(
     with tempfile.TemporaryDirectory(prefix="dakr-upload-") as folder:
         try:
             spec = site_spec_from_uploads(images, labels, Path(folder), declared)
-            validate_site_files(spec, context.store.label_names, Path(folder))
-            info = context.store.add_site(name, spec, audit_fraction=audit_fraction, seed=seed)
         except SiteValidationError as exc:
             raise relative_problems(exc, Path(folder)) from exc
+        info = register_site_files(context.store, name, spec, Path(folder), audit_fraction=audit_fraction, seed=seed)
     return site_out(info)
 
 
@@ -114,8 +113,7 @@ def register_site_from_path(request: SiteFromPathIn, context: ServiceContext = D
             status.HTTP_400_BAD_REQUEST, f"{request.path!r} is not an absolute path; give the full path of the site folder"
         )
     spec = discover_site(path)
-    validate_site_files(spec, context.store.label_names, path)
-    info = context.store.add_site(request.name, spec, audit_fraction=request.audit_fraction, seed=request.seed)
+    info = register_site_files(context.store, request.name, spec, path, audit_fraction=request.audit_fraction, seed=request.seed)
     return site_out(info)
 
 

@@ -15,9 +15,10 @@ import SimpleITK as sitk
 
 from dakr.data.errors import DataError, ImageTooLargeError, SiteValidationError
 from dakr.data.io import image_suffix, read_image, sniff_format
-from dakr.data.isolation import CheckAbortedError, check_image_isolated, validate_site_isolated
+from dakr.isolation import CheckAbortedError, check_image_isolated, register_site_isolated
 from dakr.data.site import SiteSpec, case_id_from_image, site_from_pairs
 from dakr.service.security import safe_name
+from dakr.store import SiteInfo, Store
 
 #: Bytes read to recognise a format (a NIfTI-1 header is 348 bytes; gzip needs a little more).
 HEAD_BYTES = 4096
@@ -107,18 +108,19 @@ def relative_error(error: DataError, folder: Path) -> DataError:
     return type(error)(shown if str(shown) != "." else "upload", error.problem, error.fix)
 
 
-def validate_site_files(spec: SiteSpec, label_names: dict[str, int] | None, folder: Path) -> None:
-    """Validate a site's files in a memory- and time-limited process, naming files below ``folder``.
+def register_site_files(store: Store, name: str, spec: SiteSpec, folder: Path, *, audit_fraction: float, seed: int) -> SiteInfo:
+    """Validate, copy and register a site in a memory- and time-limited process, naming files below ``folder``.
 
     ``SiteValidationError`` lists the data's problems (422); HTTP 413 when reading needs more
     memory than allowed, 422 when the check ran past its time limit or crashed.
     """
     try:
-        validate_site_isolated(spec, label_names)
+        register_site_isolated(store.path, name, spec, audit_fraction=audit_fraction, seed=seed)
     except SiteValidationError as exc:
         raise relative_problems(exc, folder) from exc
     except DataError as exc:
         raise _http_error(relative_error(exc, folder)) from exc
+    return store.site(name)
 
 
 def read_uploaded_volume(path: Path) -> sitk.Image:

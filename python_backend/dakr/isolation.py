@@ -1,11 +1,12 @@
-"""Checking untrusted volumes in a separate process with a memory and a time limit.
+"""Reading untrusted volumes in a separate process with a memory and a time limit.
 
 A hostile or broken upload may still cost a lot to read after its header passed (a highly
-compressed volume inflating to the byte limit, a reader bug). :func:`validate_site_isolated`
-and :func:`check_image_isolated` read the files in a child Python process whose address space
-is capped with ``resource.setrlimit(RLIMIT_AS)`` (POSIX; on Windows only the time limit
-applies) and which is killed after the time limit, so the calling server keeps running.
-Run as ``python -m dakr.data.isolation RESULT_FILE MEMORY_BYTES`` with the request as JSON on stdin.
+compressed volume inflating to the byte limit, a reader bug). :func:`register_site_isolated`
+(validate, copy and register an uploaded site) and :func:`check_image_isolated` read the files
+in a child Python process whose address space is capped with ``resource.setrlimit(RLIMIT_AS)``
+(POSIX; on Windows only the time limit applies) and which is killed after the time limit, so
+the server never holds an uploaded site's voxels and keeps running whatever the files do.
+Run as ``python -m dakr.isolation RESULT_FILE MEMORY_BYTES`` with the request as JSON on stdin.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from dakr.data.headers import declared_bytes, header_reader
 from dakr.data.io import image_suffix, read_image
 from dakr.data.limits import ImageLimits
 from dakr.data.site import CaseFiles, SiteSpec
-from dakr.data.validation import validate_site
 
 #: Keep the child's address space small and predictable: one thread for every library.
 _CHILD_ENVIRONMENT = {
@@ -40,22 +40,29 @@ class CheckAbortedError(DataError):
     """The checking process was stopped: it ran past the time limit or crashed."""
 
 
-def validate_site_isolated(spec: SiteSpec, label_names: dict[str, int] | None, limits: ImageLimits | None = None) -> dict[str, int]:
-    """:func:`dakr.data.validation.validate_site` in a child process under ``limits``.
+def register_site_isolated(
+    store_path: Path, name: str, spec: SiteSpec, *, audit_fraction: float, seed: int, limits: ImageLimits | None = None
+) -> str:
+    """:meth:`dakr.store.Store.add_site` (validate, copy, register) in a child process under ``limits``.
 
-    Returns the label set. Raises ``SiteValidationError`` (the data's problems),
-    :class:`ImageTooLargeError` (reading needs more memory than allowed),
-    or :class:`CheckAbortedError` (time limit or crash).
+    Returns the registered site's name. Raises ``SiteValidationError`` (the data's problems),
+    ``StoreError`` or ``ValueError`` (refused by the store), :class:`ImageTooLargeError`
+    (reading needs more memory than allowed) or :class:`CheckAbortedError` (time limit or
+    crash; the store's atomic writes leave nothing registered then).
     """
     request = {
-        "task": "site",
+        "task": "register",
+        "store": str(store_path),
+        "name": name,
+        "audit_fraction": audit_fraction,
+        "seed": seed,
         "cases": [[case.case_id, str(case.image), str(case.label)] for case in spec.cases],
         "site_labels": spec.label_names,
-        "store_labels": label_names,
         "trusted_root": None if spec.trusted_root is None else str(spec.trusted_root),
     }
     folders = {str(path.parent) for case in spec.cases for path in (case.image, case.label)}
-    return _run(request, os.path.commonpath(folders) if folders else "site", limits or ImageLimits.from_environment())["labels"]
+    _run(request, os.path.commonpath(folders) if folders else "site", limits or ImageLimits.from_environment())
+    return name
 
 
 def check_image_isolated(path: Path, limits: ImageLimits | None = None) -> None:
@@ -70,7 +77,7 @@ def check_image_isolated(path: Path, limits: ImageLimits | None = None) -> None:
 def _run(request: dict[str, Any], subject: str, limits: ImageLimits) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="dakr-check-") as folder:
         result_file = Path(folder) / "result.json"
-        command = [sys.executable, "-m", "dakr.data.isolation", str(result_file), str(limits.validation_memory_bytes)]
+        command = [sys.executable, "-m", "dakr.isolation", str(result_file), str(limits.validation_memory_bytes)]
         try:
             completed = subprocess.run(
                 command,
@@ -94,6 +101,10 @@ def _run(request: dict[str, Any], subject: str, limits: ImageLimits) -> dict[str
             f"reading the volumes needs more memory than the limit of {limits.describe_memory()}",
             "send smaller volumes, or raise the limit where the server runs",
         )
+    if "refused" in result:
+        from dakr.store import StoreError  # the store imports torch; the image-checking child never needs it
+
+        raise (StoreError if result["refused"] == "store" else ValueError)(result["message"])
     problems = [_error(problem) for problem in result.get("problems", [])]
     if result.get("single") and problems:
         raise problems[0]
@@ -130,15 +141,28 @@ def _serve(request: dict[str, Any], memory_bytes: int) -> dict[str, Any]:
         if request["task"] == "image":
             read_image(request["path"])
             return {}
-        cases = [CaseFiles(case_id, Path(image), Path(label)) for case_id, image, label in request["cases"]]
-        trusted_root = None if request["trusted_root"] is None else Path(request["trusted_root"])
-        return {"labels": validate_site(SiteSpec(cases, request["site_labels"], trusted_root), request["store_labels"])}
+        return _register(request)
     except SiteValidationError as exc:
         return {"problems": [_problem(_memory_explained(problem, headroom, limits)) for problem in exc.problems]}
     except DataError as exc:
         return {"problems": [_problem(_memory_explained(exc, headroom, limits))], "single": True}
     except MemoryError:
         return {"memory": True}
+    except ValueError as exc:
+        return {"refused": "value", "message": str(exc)}
+
+
+def _register(request: dict[str, Any]) -> dict[str, Any]:
+    from dakr.store import Store, StoreError  # imports torch: only the registering child pays for it
+
+    cases = [CaseFiles(case_id, Path(image), Path(label)) for case_id, image, label in request["cases"]]
+    trusted_root = None if request["trusted_root"] is None else Path(request["trusted_root"])
+    spec = SiteSpec(cases, request["site_labels"], trusted_root)
+    try:
+        Store.open(request["store"]).add_site(request["name"], spec, audit_fraction=request["audit_fraction"], seed=request["seed"])
+    except StoreError as exc:
+        return {"refused": "store", "message": str(exc)}
+    return {}
 
 
 def _memory_explained(error: DataError, headroom: int, limits: ImageLimits) -> DataError:
