@@ -3,9 +3,10 @@
 A hostile or broken upload may still cost a lot to read after its header passed (a highly
 compressed volume inflating to the byte limit, a reader bug). :func:`register_site_isolated`
 (validate, copy and register an uploaded site) and :func:`check_image_isolated` read the files
-in a child Python process whose address space is capped with ``resource.setrlimit(RLIMIT_AS)``
-(POSIX; on Windows only the time limit applies) and which is killed after the time limit, so
-the server never holds an uploaded site's voxels and keeps running whatever the files do.
+in a child Python process whose address space may grow by at most the memory budget beyond
+what the interpreter and its libraries take at start (``resource.setrlimit(RLIMIT_AS)``, on
+Linux; elsewhere only the time limit applies) and which is killed after the time limit, so the
+server never holds an uploaded site's voxels and keeps running whatever the files do.
 Run as ``python -m dakr.isolation RESULT_FILE MEMORY_BYTES`` with the request as JSON on stdin.
 """
 
@@ -133,19 +134,17 @@ def _problem(error: DataError) -> dict[str, Any]:
     return {"file": error.file, "problem": error.problem, "fix": error.fix, "too_large": isinstance(error, ImageTooLargeError)}
 
 
-def _serve(request: dict[str, Any], memory_bytes: int) -> dict[str, Any]:
+def _serve(request: dict[str, Any], limits: ImageLimits) -> dict[str, Any]:
     """The child's work: validate and describe the outcome as JSON-ready data."""
-    limits = ImageLimits(validation_memory_bytes=memory_bytes)
-    headroom = memory_bytes - _address_space_in_use()
     try:
         if request["task"] == "image":
             read_image(request["path"])
             return {}
         return _register(request)
     except SiteValidationError as exc:
-        return {"problems": [_problem(_memory_explained(problem, headroom, limits)) for problem in exc.problems]}
+        return {"problems": [_problem(_memory_explained(problem, limits)) for problem in exc.problems]}
     except DataError as exc:
-        return {"problems": [_problem(_memory_explained(exc, headroom, limits))], "single": True}
+        return {"problems": [_problem(_memory_explained(exc, limits))], "single": True}
     except MemoryError:
         return {"memory": True}
     except ValueError as exc:
@@ -165,10 +164,10 @@ def _register(request: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _memory_explained(error: DataError, headroom: int, limits: ImageLimits) -> DataError:
+def _memory_explained(error: DataError, limits: ImageLimits) -> DataError:
     """A reader failure (its header was fine) as :class:`ImageTooLargeError` when the volume's
-    voxels, held twice while reading (the reader's buffer and the image), do not fit in
-    ``headroom`` bytes: C readers report a failed allocation only as "cannot be read"."""
+    voxels, held twice while reading (the reader's buffer and the image), do not fit in the
+    memory budget: C readers report a failed allocation only as "cannot be read"."""
     if type(error) is not DataError or not error.problem.startswith("cannot be read"):
         return error
     try:
@@ -177,30 +176,34 @@ def _memory_explained(error: DataError, headroom: int, limits: ImageLimits) -> D
     except (RuntimeError, DataError):
         return error
     needed = 2 * declared_bytes(reader)
-    if needed <= headroom:
+    if needed <= limits.validation_memory_bytes:
         return error
     return ImageTooLargeError(
         error.file,
-        f"reading it needs about {needed / 2**20:.0f} MB, more than the {headroom / 2**20:.0f} MB left under the "
-        f"memory limit of {limits.describe_memory()}",
+        f"reading it needs about {needed / 2**20:.0f} MB, more than the memory limit of {limits.describe_memory()}",
         "send a smaller volume, or raise the limit where the server runs",
     )
 
 
-def _address_space_in_use() -> int:
-    """Bytes of address space this process uses now (0 where ``/proc`` is missing)."""
+def _address_space_in_use() -> int | None:
+    """Bytes of address space this process uses now (``None`` without Linux's ``/proc``)."""
     try:
         return int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 def _main(result_file: str, memory_bytes: str) -> None:
-    if os.name != "nt":
+    request = json.loads(sys.stdin.buffer.read())
+    if request["task"] == "register":
+        import dakr.store  # noqa: F401  (map torch and the store before measuring the baseline)
+    in_use = _address_space_in_use()
+    if in_use is not None:
         import resource
 
-        resource.setrlimit(resource.RLIMIT_AS, (int(memory_bytes), int(memory_bytes)))
-    result = _serve(json.loads(sys.stdin.buffer.read()), int(memory_bytes))
+        limit = in_use + int(memory_bytes)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    result = _serve(request, ImageLimits(validation_memory_bytes=int(memory_bytes)))
     Path(result_file).write_text(json.dumps(result), encoding="utf-8")
 
 

@@ -120,11 +120,11 @@ def test_spacing_blow_up_on_predict_is_refused_with_422(client: TestClient, shap
 
 
 def test_upload_check_memory_limit_gives_413_and_the_server_lives_on(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DAKR_VALIDATION_MEMORY_MB", "520")
-    large = encoded(sitk.Image([512, 512, 512], sitk.sitkUInt8))
+    monkeypatch.setenv("DAKR_VALIDATION_MEMORY_MB", "100")
+    large = encoded(sitk.Image([512, 512, 256], sitk.sitkUInt8))
     response = _predict(client, "scan.nii.gz", large)
     assert response.status_code == 413, response.text
-    assert "memory limit of 520 MB (DAKR_VALIDATION_MEMORY_MB)" in response.json()["detail"]
+    assert "memory limit of 100 MB (DAKR_VALIDATION_MEMORY_MB)" in response.json()["detail"]
     assert client.get(f"{API}/info").status_code == 200
     small = _predict(client, "scan.nii.gz", encoded(case_volumes(1)[0]))
     assert small.status_code == 200, small.text

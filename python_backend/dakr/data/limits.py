@@ -8,8 +8,8 @@ them all; a worker inherits the server's environment. Defaults fit a large CT vo
 - ``DAKR_MAX_IMAGE_MB`` (default 4096): voxel bytes a volume may declare (and inflate to).
 - ``DAKR_MAX_SPACING_MM`` (default 20): largest voxel spacing accepted for prediction.
 - ``DAKR_MAX_RESAMPLED_VOXELS`` (default 134217728 = 512^3): voxels of the prediction grid.
-- ``DAKR_VALIDATION_MEMORY_MB`` (default 2.5 x ``DAKR_MAX_IMAGE_MB`` + 1024): address space of the
-  process that validates uploads.
+- ``DAKR_VALIDATION_MEMORY_MB`` (default 2.5 x ``DAKR_MAX_IMAGE_MB`` + 1024): memory the process
+  that checks uploads may take beyond what its interpreter and libraries use at start (Linux).
 - ``DAKR_VALIDATION_TIMEOUT_S`` (default 600): time that process may take.
 """
 
@@ -47,7 +47,7 @@ class ImageLimits:
     max_spacing_mm: float = 20.0
     #: Largest voxel count of the grid a volume is resampled to for prediction.
     max_resampled_voxels: int = 512**3
-    #: Address-space limit of the process that validates uploads (bytes).
+    #: Address space the upload-checking process may add to its start-up size (bytes).
     validation_memory_bytes: int = int(2.5 * 4 * 2**30) + 2**30
     validation_timeout_s: float = 600.0
 
