@@ -9,7 +9,9 @@ from pathlib import Path
 NIFTI_UINT8 = 2
 
 
-def nifti_header(dims: tuple[int, ...], *, datatype: int = NIFTI_UINT8, bits: int = 8, vox_offset: float = 352.0, magic: bytes = b"n+1\x00") -> bytes:
+def nifti_header(
+    dims: tuple[int, ...], *, datatype: int = NIFTI_UINT8, bits: int = 8, vox_offset: float = 352.0, magic: bytes = b"n+1\x00"
+) -> bytes:
     """A NIfTI-1 header (348 bytes + 4-byte extension flag) declaring ``dims`` voxels."""
     header = bytearray(348)
     struct.pack_into("<i", header, 0, 348)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,15 @@ import SimpleITK as sitk
 from fastapi.testclient import TestClient
 
 from dakr.data.site import discover_site
-from dakr.service import create_app
 from dakr.store import Store
 from hostile_volumes import detached_mha, detached_nrrd, gzip_bomb, nifti_header
 from test_service_support import add_tiny_version, case_volumes, encoded, upload_files, write_site
 
 API = "/api/v1"
+#: Wall-time bound that only catches a hang (the server resampling or inflating for minutes): these
+#: requests start child processes on a shared machine. CPU time and memory of the refusals
+#: themselves are measured in test_safe_reading.py.
+HANG_S = 60.0
 SECRET_SHAPE = (32, 32, 6)
 SECRET = (b"patient-list-of-another-department;" * 200)[: 32 * 32 * 6]
 
@@ -31,12 +33,6 @@ def store(tmp_path: Path) -> Store:
     add_tiny_version(store, "A", None)
     add_tiny_version(store, "A", 1, overrides={"preprocess.target_spacing": [2.0, 2.0, 2.0]})
     return store
-
-
-@pytest.fixture
-def client(store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(store.path)) as test_client:
-        yield test_client
 
 
 @pytest.fixture
@@ -87,7 +83,7 @@ def test_declared_size_bomb_is_refused_quickly(client: TestClient, store: Store,
     registered = client.post(f"{API}/sites", data={"name": "B"}, files=files)
     assert registered.status_code == 422
     assert "images/case00_0000.nii.gz: its header declares 2048x2048x1024" in registered.json()["detail"]
-    assert time.perf_counter() - start < 15.0
+    assert time.perf_counter() - start < HANG_S
 
 
 def test_gzip_bomb_is_refused_without_inflating(client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +93,7 @@ def test_gzip_bomb_is_refused_without_inflating(client: TestClient, tmp_path: Pa
     response = _predict(client, "scan.nii.gz", bomb)
     assert response.status_code == 413, response.text
     assert "more than the limit of 256 MB" in response.json()["detail"]
-    assert time.perf_counter() - start < 10.0
+    assert time.perf_counter() - start < HANG_S
 
 
 @pytest.mark.parametrize(
@@ -116,7 +112,7 @@ def test_spacing_blow_up_on_predict_is_refused_with_422(client: TestClient, shap
     assert response.status_code == 422, response.text
     assert response.json()["detail"].startswith("scan.nii.gz: ")
     assert message in response.json()["detail"] and "DAKR_MAX_SPACING_MM" in response.json()["detail"]
-    assert time.perf_counter() - start < 10.0
+    assert time.perf_counter() - start < HANG_S
 
 
 def test_upload_check_memory_limit_gives_413_and_the_server_lives_on(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,7 +32,10 @@ NIFTI1_HEADER_SIZE = 348
 NIFTI2_HEADER_SIZE = 540
 #: NIfTI datatype codes of float32 and float64.
 _NIFTI_FLOAT_TYPES = {16: np.float32, 64: np.float64}
-_SINGLE_FILE_FIX = "save the volume as one self-contained file (.nii.gz, or .nrrd/.mha with the voxels inside; in Slicer: Save as .nii.gz or .nrrd)"
+_SINGLE_FILE_FIX = (
+    "save the volume as one self-contained file (.nii.gz, or .nrrd/.mha with the voxels inside; in Slicer: Save as .nii.gz or .nrrd)"
+)
+COPY_AGAIN_FIX = "copy or export the file again"
 UNREADABLE_FIX = "check the file is complete and really is a NIfTI, NRRD or MHA volume; re-save it from Slicer"
 _ITK_PREFIX = re.compile(r"^(?:[\w:]*\s?ERROR:\s*)?(?:\w+\(0x[0-9a-fA-F]+\):\s*)?(?:\[\w+\]\s*)?")
 _MHA_DATA_KEY = "elementdatafile"
@@ -120,14 +123,16 @@ def _check_declared_size(path: Path, reader: sitk.ImageFileReader, limits: Image
     voxels, data_bytes = math.prod(size), declared_bytes(reader)
     shape = "x".join(map(str, size))
     if voxels > limits.max_voxels:
-        raise ImageTooLargeError(path, f"its header declares {shape} = {voxels} voxels, more than the limit of {limits.max_voxels}", limits.size_fix())
+        problem = f"its header declares {shape} = {voxels} voxels, more than the limit of {limits.max_voxels}"
+        raise ImageTooLargeError(path, problem, limits.size_fix())
     if data_bytes > limits.max_bytes:
-        raise ImageTooLargeError(
-            path, f"its header declares {shape} voxels of {data_bytes / 2**20:.0f} MB, more than the limit of {limits.max_bytes / 2**20:.0f} MB", limits.size_fix()
-        )
+        problem = f"its header declares {shape} voxels of {data_bytes / 2**20:.0f} MB, more than the limit of {limits.max_bytes / 2**20:.0f} MB"
+        raise ImageTooLargeError(path, problem, limits.size_fix())
     spacing = reader.GetSpacing()
     if not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise DataError(path, f"its header declares an invalid voxel spacing {spacing}", "correct the spacing (positive millimetres) and save the volume again")
+        raise DataError(
+            path, f"its header declares an invalid voxel spacing {spacing}", "correct the spacing (positive millimetres) and save the volume again"
+        )
 
 
 def open_volume_stream(path: Path, suffix: str) -> BinaryIO:
@@ -193,7 +198,7 @@ def _check_mha(path: Path, trusted_root: Path | None) -> None:
     available = data_path.stat().st_size - (header_bytes if local else 0)
     compressed_size = fields.get("compresseddatasize")
     if compressed_size is not None and _integer(path, compressed_size, "CompressedDataSize") > available:
-        raise DataError(path, f"its header declares {compressed_size} bytes of compressed voxels but the file holds {available}", "copy or export the file again")
+        raise DataError(path, f"its header declares {compressed_size} bytes of compressed voxels but the file holds {available}", COPY_AGAIN_FIX)
 
 
 def _require_bytes(path: Path, data_path: Path, offset: int, fields: dict[str, str]) -> None:
@@ -205,7 +210,7 @@ def _require_bytes(path: Path, data_path: Path, offset: int, fields: dict[str, s
     needed = math.prod(sizes) * bits
     available = data_path.stat().st_size - offset
     if available < needed:
-        raise DataError(path, f"is truncated: it holds {max(available, 0)} bytes of voxel data but its header declares {needed}", "copy or export the file again")
+        raise DataError(path, f"is truncated: it holds {max(available, 0)} bytes of voxel data but its header declares {needed}", COPY_AGAIN_FIX)
 
 
 _NRRD_TYPE_BYTES = {

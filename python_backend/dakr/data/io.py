@@ -18,6 +18,7 @@ import SimpleITK as sitk
 
 from dakr.data.errors import DataError, ImageTooLargeError
 from dakr.data.headers import (
+    COPY_AGAIN_FIX,
     NIFTI1_HEADER_SIZE,
     NIFTI2_HEADER_SIZE,
     UNREADABLE_FIX,
@@ -34,7 +35,6 @@ SUPPORTED_SUFFIXES: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", 
 
 _SEGMENTATION_SUFFIX = ".seg.nrrd"
 _CHUNK_BYTES = 1 << 22
-_COPY_AGAIN = "copy or export the file again"
 #: One-component vector images (e.g. a one-layer 4D ``.seg.nrrd``) are unwrapped to scalars.
 _VECTOR_TYPES = {
     sitk.sitkVectorUInt8,
@@ -159,10 +159,10 @@ def _check_nifti_data(path: Path, suffix: str) -> None:
                     chunk_nan, chunk_inf = _count_non_finite(values)
                     n_nan, n_inf = n_nan + chunk_nan, n_inf + chunk_inf
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(path, f"is corrupt or truncated ({exc})", _COPY_AGAIN) from exc
+        raise DataError(path, f"is corrupt or truncated ({exc})", COPY_AGAIN_FIX) from exc
     if received < layout.data_bytes:
         raise DataError(
-            path, f"is truncated: it holds {received} bytes of voxel data but its header declares {layout.data_bytes}", _COPY_AGAIN
+            path, f"is truncated: it holds {received} bytes of voxel data but its header declares {layout.data_bytes}", COPY_AGAIN_FIX
         )
     _check_finite(path, n_nan, n_inf)
 

@@ -1,4 +1,5 @@
-"""Uploaded volumes: safe names, format check by content, and pairing images with label maps."""
+"""Uploaded volumes: safe names, format check by content, pairing images with label maps, and
+reading them only in a limited child process."""
 
 from __future__ import annotations
 
@@ -6,17 +7,16 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
+import SimpleITK as sitk
 from fastapi import HTTPException, UploadFile, status
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import SimpleITK as sitk
-
 from dakr.data.errors import DataError, ImageTooLargeError, SiteValidationError
 from dakr.data.io import image_suffix, read_image, sniff_format
-from dakr.isolation import CheckAbortedError, check_image_isolated, register_site_isolated
 from dakr.data.site import SiteSpec, case_id_from_image, site_from_pairs
+from dakr.isolation import CheckAbortedError, check_image_isolated, register_site_isolated
 from dakr.service.security import safe_name
 from dakr.store import SiteInfo, Store
 
