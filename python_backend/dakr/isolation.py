@@ -43,10 +43,10 @@ class CheckAbortedError(DataError):
 
 def register_site_isolated(
     store_path: Path, name: str, spec: SiteSpec, *, audit_fraction: float, seed: int, limits: ImageLimits | None = None
-) -> str:
+) -> None:
     """:meth:`dakr.store.Store.add_site` (validate, copy, register) in a child process under ``limits``.
 
-    Returns the registered site's name. Raises ``SiteValidationError`` (the data's problems),
+    Raises ``SiteValidationError`` (the data's problems),
     ``StoreError`` or ``ValueError`` (refused by the store), :class:`ImageTooLargeError`
     (reading needs more memory than allowed) or :class:`CheckAbortedError` (time limit or
     crash; the store's atomic writes leave nothing registered then).
@@ -63,7 +63,6 @@ def register_site_isolated(
     }
     folders = {str(path.parent) for case in spec.cases for path in (case.image, case.label)}
     _run(request, os.path.commonpath(folders) if folders else "site", limits or ImageLimits.from_environment())
-    return name
 
 
 def check_image_isolated(path: Path, limits: ImageLimits | None = None) -> None:
