@@ -96,7 +96,7 @@ def cmd_site_add(args: argparse.Namespace) -> int:
 
     store = _store(args.store)
     info = store.add_site(
-        args.name, discover_site(args.path), audit_fraction=args.audit_fraction, seed=args.seed, progress=ConsoleProgress()
+        args.name, discover_site(args.path, trusted=True), audit_fraction=args.audit_fraction, seed=args.seed, progress=ConsoleProgress()
     )
     print(f"registered site {info.name}: {info.n_train} training and {info.n_audit} audit cases (split seed {info.split_seed})")
     if args.check and store.active_version() is not None:
@@ -292,9 +292,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = check_output_path(args.out)
     uncertainty = check_output_path(args.uncertainty) if args.uncertainty else None
     store = _store(args.store)
-    image = read_image(args.image)
+    image = read_image(args.image, trusted_root=Path(args.image).parent)
     use_torch_threads(args.threads)
-    result = predict_with_shift(store, image, args.version)
+    result = predict_with_shift(store, image, args.version, source=args.image)
     write_image(result.labels, out)
     print(f"wrote {out}")
     if uncertainty is not None:

@@ -25,7 +25,7 @@ from dakr.config import ExperimentConfig
 from dakr.continual.buffer import ReplayBuffer, update_buffer
 from dakr.continual.strategies import get_strategy
 from dakr.data.io import read_image, write_image
-from dakr.data.preprocessing import PreprocessedCase, preprocess_case
+from dakr.data.preprocessing import PreprocessedCase, check_prediction_grid, preprocess_case
 from dakr.data.sampling import PatchSampler
 from dakr.evaluation.metrics import dice_per_class, hd95_per_class
 from dakr.inference import default_device, predict_volume
@@ -322,10 +322,17 @@ def evaluate_version(
 
 
 # -- prediction and audit ------------------------------------------------------------------------
-def predict_image(store: Store, image: sitk.Image, version: int | None = None, device: torch.device | None = None) -> sitk.Image:
-    """Label map of ``image`` (its exact geometry) by ``version`` (default: the active one)."""
+def predict_image(
+    store: Store, image: sitk.Image, version: int | None = None, device: torch.device | None = None, *, source: str = "the volume"
+) -> sitk.Image:
+    """Label map of ``image`` (its exact geometry) by ``version`` (default: the active one).
+
+    Raises :class:`dakr.data.errors.ImageGridError` (naming ``source``) for an absurd spacing
+    or a resampled grid over the limits, before any resampling.
+    """
     version_id = version if version is not None else _active_id(store)
     model, config, values = load_version_model(store, version_id, device)
+    check_prediction_grid(source, image, config.preprocess)
     return predict_volume(model, image, config, values, device or default_device())
 
 

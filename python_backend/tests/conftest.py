@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from dakr.data.site import discover_site
+from dakr.service import create_app
 from dakr.store import Store
 
 from synthetic import SITE_CONTRASTS, write_site
@@ -26,3 +29,10 @@ def registered_store(tmp_path, synthetic_sites) -> Store:
     for name, folder in synthetic_sites.items():
         store.add_site(name, discover_site(folder), audit_fraction=0.25)
     return store
+
+
+@pytest.fixture
+def client(store: Store) -> Iterator[TestClient]:
+    """An API client of a default app on the requesting module's ``store`` fixture."""
+    with TestClient(create_app(store.path)) as test_client:
+        yield test_client

@@ -66,12 +66,6 @@ def populated(tmp_path: Path, store: Store) -> Store:
 
 
 @pytest.fixture
-def client(store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(store.path)) as test_client:
-        yield test_client
-
-
-@pytest.fixture
 def populated_client(populated: Store) -> Iterator[TestClient]:
     with TestClient(create_app(populated.path)) as test_client:
         yield test_client

@@ -100,9 +100,9 @@ def tiny_config() -> ExperimentConfig:
     return apply_overrides(ExperimentConfig(), TINY_CONFIG)
 
 
-def add_tiny_version(store: Store, site: str, parent: int | None, seed: int = 0) -> VersionInfo:
-    """A model version of an untrained tiny network, stored as the pipeline stores them."""
-    config = tiny_config()
+def add_tiny_version(store: Store, site: str, parent: int | None, seed: int = 0, overrides: dict[str, Any] | None = None) -> VersionInfo:
+    """A model version of an untrained tiny network (``overrides`` on the tiny config), stored as the pipeline stores them."""
+    config = apply_overrides(tiny_config(), overrides or {})
     network = build_network(config.net, len(LABELS))
     tensors = {NETWORK_PREFIX + name: value.detach().clone() for name, value in network.state_dict().items()}
     return store.add_version(

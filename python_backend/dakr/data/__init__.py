@@ -11,7 +11,9 @@ from typing import Any
 
 _EXPORTS = {
     "DataError": "errors",
+    "ImageTooLargeError": "errors",
     "SiteValidationError": "errors",
+    "ImageLimits": "limits",
     "SUPPORTED_SUFFIXES": "io",
     "image_suffix": "io",
     "label_image_like": "io",

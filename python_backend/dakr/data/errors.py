@@ -26,3 +26,11 @@ class SiteValidationError(ValueError):
         self.problems = list(problems)
         listing = "\n".join(f"- {problem}" for problem in self.problems)
         super().__init__(f"site rejected, {len(self.problems)} problem(s); nothing was stored:\n{listing}")
+
+
+class ImageTooLargeError(DataError):
+    """A volume is larger than the configured limits (voxels, bytes, memory to read it)."""
+
+
+class ImageGridError(DataError):
+    """A volume's spacing or its grid resampled for the model is outside the prediction limits."""

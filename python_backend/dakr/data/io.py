@@ -7,11 +7,7 @@ are in (z, y, x) order; spacing, origin and direction stay in SimpleITK (x, y, z
 
 from __future__ import annotations
 
-import gzip
-import math
 import os
-import re
-import struct
 import tempfile
 import zlib
 from os import PathLike
@@ -20,7 +16,18 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from dakr.data.errors import DataError
+from dakr.data.errors import DataError, ImageTooLargeError
+from dakr.data.headers import (
+    COPY_AGAIN_FIX,
+    NIFTI1_HEADER_SIZE,
+    NIFTI2_HEADER_SIZE,
+    UNREADABLE_FIX,
+    itk_reason,
+    nifti_layout,
+    open_header,
+    open_volume_stream,
+)
+from dakr.data.limits import MAX_HEADER_BYTES, ImageLimits
 from dakr.data.names import MAX_LABEL_VALUE
 from dakr.output_paths import user_file_mode
 
@@ -28,12 +35,7 @@ from dakr.output_paths import user_file_mode
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
 
 _SEGMENTATION_SUFFIX = ".seg.nrrd"
-#: NIfTI datatype codes of float32 and float64.
-_NIFTI_FLOAT_TYPES = {16: np.float32, 64: np.float64}
 _CHUNK_BYTES = 1 << 22
-_COPY_AGAIN = "copy or export the file again"
-_NIFTI1_HEADER_SIZE = 348
-_NIFTI2_HEADER_SIZE = 540
 #: One-component vector images (e.g. a one-layer 4D ``.seg.nrrd``) are unwrapped to scalars.
 _VECTOR_TYPES = {
     sitk.sitkVectorUInt8,
@@ -47,7 +49,6 @@ _VECTOR_TYPES = {
     sitk.sitkVectorFloat32,
     sitk.sitkVectorFloat64,
 }
-_ITK_PREFIX = re.compile(r"^(?:[\w:]*\s?ERROR:\s*)?(?:\w+\(0x[0-9a-fA-F]+\):\s*)?(?:\[\w+\]\s*)?")
 
 
 def image_suffix(path: str | PathLike[str]) -> str:
@@ -71,7 +72,7 @@ def sniff_format(head: bytes) -> str | None:
     """
     if head.startswith(b"\x1f\x8b"):
         try:
-            head = zlib.decompressobj(wbits=31).decompress(head)
+            head = zlib.decompressobj(wbits=31).decompress(head, NIFTI2_HEADER_SIZE)
         except zlib.error:
             return None
         return "nifti" if _is_nifti(head) else None
@@ -85,92 +86,86 @@ def sniff_format(head: bytes) -> str | None:
 
 
 def _is_nifti(head: bytes) -> bool:
-    if len(head) >= _NIFTI1_HEADER_SIZE and head[344:348] == b"n+1\x00":
-        return int.from_bytes(head[:4], "little") == _NIFTI1_HEADER_SIZE or int.from_bytes(head[:4], "big") == _NIFTI1_HEADER_SIZE
+    if len(head) >= NIFTI1_HEADER_SIZE and head[344:348] == b"n+1\x00":
+        return int.from_bytes(head[:4], "little") == NIFTI1_HEADER_SIZE or int.from_bytes(head[:4], "big") == NIFTI1_HEADER_SIZE
     if len(head) >= 8 and head[4:8] == b"n+2\x00":
-        return int.from_bytes(head[:4], "little") == _NIFTI2_HEADER_SIZE or int.from_bytes(head[:4], "big") == _NIFTI2_HEADER_SIZE
+        return int.from_bytes(head[:4], "little") == NIFTI2_HEADER_SIZE or int.from_bytes(head[:4], "big") == NIFTI2_HEADER_SIZE
     return False
 
 
-def read_image(path: str | PathLike[str]) -> sitk.Image:
+def read_image(
+    path: str | PathLike[str], *, trusted_root: str | PathLike[str] | None = None, limits: ImageLimits | None = None
+) -> sitk.Image:
     """Read a scalar 3D volume or label map with its geometry.
 
-    A single-layer ``.seg.nrrd`` is returned as a plain 3D label volume (segment metadata
-    dropped). Raises ``DataError`` for a missing, unsupported, unreadable, truncated,
-    multi-component or non-3D file, or one with NaN/infinite voxels.
+    The header is checked before any voxel is read: voxel data in another file is refused
+    unless it lies inside ``trusted_root`` (a local folder the user named; ``None`` for uploads
+    and anything else), and a volume declaring more voxels or bytes than ``limits`` (default:
+    :meth:`ImageLimits.from_environment`) raises :class:`ImageTooLargeError`. A single-layer
+    ``.seg.nrrd`` is returned as a plain 3D label volume (segment metadata dropped). Raises
+    ``DataError`` for a missing, unsupported, unreadable, truncated, multi-component or non-3D
+    file, or one with NaN/infinite voxels.
     """
     path = Path(path)
     suffix = image_suffix(path)
     if not path.is_file():
         raise DataError(path, "file not found", "check the path; the file may have been moved or deleted")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise DataError(
-            path,
-            f"cannot be read ({_itk_reason(exc)})",
-            "check the file is complete and really is a NIfTI, NRRD or MHA volume; re-save it from Slicer",
-        ) from exc
-    image = _scalar_3d(image, path, is_segmentation=suffix == _SEGMENTATION_SUFFIX)
+    limits = limits or ImageLimits.from_environment()
+    reader = open_header(path, suffix, limits, None if trusted_root is None else Path(trusted_root))
     if suffix in (".nii", ".nii.gz"):
         _check_nifti_data(path, suffix)
-    else:
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        reason = itk_reason(exc)
+        if "bad_alloc" in reason or "allocate" in reason.lower():
+            raise MemoryError(f"{path}: not enough memory to read the volume ({reason})") from exc
+        raise DataError(
+            path,
+            f"cannot be read ({reason})",
+            UNREADABLE_FIX,
+        ) from exc
+    image = _scalar_3d(image, path, is_segmentation=suffix == _SEGMENTATION_SUFFIX)
+    if suffix not in (".nii", ".nii.gz"):
         _check_finite(path, *_count_non_finite(sitk.GetArrayViewFromImage(image)))
     return image
 
 
-def _itk_reason(exc: RuntimeError) -> str:
-    """The informative line of an ITK exception (ITK appends a misleading errno as "Reason: ...")."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.strip().startswith("Reason:")]
-    return _ITK_PREFIX.sub("", lines[-1]) if lines else "unknown reader error"
-
-
 def _check_nifti_data(path: Path, suffix: str) -> None:
-    """Check a NIfTI file's voxel bytes, which ITK does not: it zero-fills a truncated file and
-    replaces NaN/Inf with 0 without a word."""
+    """Check a NIfTI file's voxel bytes before ITK reads them, which it does not: it zero-fills a
+    truncated file and replaces NaN/Inf with 0 without a word.
+
+    At most the header, its extensions and the declared voxel bytes are inflated: with the
+    declared size checked against the limits first, a ``.nii.gz`` never inflates past
+    ``MAX_HEADER_BYTES`` plus the byte limit.
+    """
     try:
-        with (gzip.open(path, "rb") if suffix == ".nii.gz" else open(path, "rb")) as stream:
-            layout = _nifti_layout(stream.read(_NIFTI2_HEADER_SIZE))
+        with open_volume_stream(path, suffix) as stream:
+            layout = nifti_layout(stream.read(NIFTI2_HEADER_SIZE))
             if layout is None:
                 return
-            offset, expected, dtype = layout
-            stream.seek(offset)
+            if layout.offset > MAX_HEADER_BYTES:
+                raise ImageTooLargeError(
+                    path,
+                    f"its header puts the voxels {layout.offset} bytes into the file, past the "
+                    f"{MAX_HEADER_BYTES // 2**20} MB allowed for the header and its extensions",
+                    "remove the NIfTI header extensions and save the volume again",
+                )
+            stream.seek(layout.offset)
             received = n_nan = n_inf = 0
-            while chunk := stream.read(min(_CHUNK_BYTES, expected - received)):
+            while chunk := stream.read(min(_CHUNK_BYTES, layout.data_bytes - received)):
                 received += len(chunk)
-                if dtype is not None:
-                    chunk_nan, chunk_inf = _count_non_finite(np.frombuffer(chunk, dtype, count=len(chunk) // dtype.itemsize))
+                if layout.float_dtype is not None:
+                    values = np.frombuffer(chunk, layout.float_dtype, count=len(chunk) // layout.float_dtype.itemsize)
+                    chunk_nan, chunk_inf = _count_non_finite(values)
                     n_nan, n_inf = n_nan + chunk_nan, n_inf + chunk_inf
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(path, f"is corrupt or truncated ({exc})", _COPY_AGAIN) from exc
-    if received < expected:
-        raise DataError(path, f"is truncated: it holds {received} bytes of voxel data but its header declares {expected}", _COPY_AGAIN)
+        raise DataError(path, f"is corrupt or truncated ({exc})", COPY_AGAIN_FIX) from exc
+    if received < layout.data_bytes:
+        raise DataError(
+            path, f"is truncated: it holds {received} bytes of voxel data but its header declares {layout.data_bytes}", COPY_AGAIN_FIX
+        )
     _check_finite(path, n_nan, n_inf)
-
-
-def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype | None] | None:
-    """(voxel offset, voxel bytes, float dtype or ``None``) from a NIfTI-1/2 header; ``None`` if unparsable."""
-    if len(header) < _NIFTI1_HEADER_SIZE:
-        return None
-    for order in ("<", ">"):
-        (header_size,) = struct.unpack_from(f"{order}i", header)
-        if header_size == _NIFTI1_HEADER_SIZE:
-            (datatype, bits) = struct.unpack_from(f"{order}2h", header, 70)
-            dims = struct.unpack_from(f"{order}8h", header, 40)
-            (offset,) = struct.unpack_from(f"{order}f", header, 108)
-            break
-        if header_size == _NIFTI2_HEADER_SIZE and len(header) >= _NIFTI2_HEADER_SIZE:
-            (datatype, bits) = struct.unpack_from(f"{order}2h", header, 12)
-            dims = struct.unpack_from(f"{order}8q", header, 16)
-            (offset,) = struct.unpack_from(f"{order}q", header, 168)
-            break
-    else:
-        return None
-    if not 1 <= dims[0] <= 7:
-        return None
-    float_type = _NIFTI_FLOAT_TYPES.get(datatype)
-    dtype = np.dtype(float_type).newbyteorder(order) if float_type else None
-    return int(offset), math.prod(dims[1 : dims[0] + 1]) * bits // 8, dtype
 
 
 def _count_non_finite(values: np.ndarray) -> tuple[int, int]:

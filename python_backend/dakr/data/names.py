@@ -6,6 +6,8 @@ import re
 from collections.abc import Mapping
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: Device names Windows reserves in every folder, with or without an extension (``nul.nii.gz``).
+_WINDOWS_RESERVED = re.compile(r"(?:CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])(?:\..*)?", re.IGNORECASE)
 #: Label values are stored as uint8.
 MAX_LABEL_VALUE = 255
 
@@ -15,11 +17,20 @@ def validate_name(name: str, kind: str) -> str:
 
     A safe name is 1-64 characters of letters, digits, ``.``, ``_`` and ``-`` starting with a
     letter or digit, so it can never be an absolute path, contain a separator or be ``..``.
+    It may not end with a dot and may not be a Windows device name (``CON``, ``PRN``, ``AUX``,
+    ``NUL``, ``COM1``-``COM9``, ``LPT1``-``LPT9``, with or without an extension), so the same
+    name means the same file on every operating system.
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
             f"invalid {kind} name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (no spaces, slashes or '..')"
+        )
+    if name.endswith("."):
+        raise ValueError(f"invalid {kind} name {name!r}: it may not end with a dot (Windows drops it); remove the trailing dot")
+    if _WINDOWS_RESERVED.fullmatch(name):
+        raise ValueError(
+            f"invalid {kind} name {name!r}: {name.split('.')[0].upper()} is a device name reserved by Windows; choose another name"
         )
     return name
 

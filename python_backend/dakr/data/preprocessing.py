@@ -16,7 +16,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from dakr.config import PreprocessConfig
+from dakr.data.errors import ImageGridError
 from dakr.data.io import label_image_like, read_image
+from dakr.data.limits import ImageLimits
 from dakr.data.site import case_id_from_image
 
 _SAME_SPACING_RTOL = 1e-6
@@ -71,6 +73,34 @@ def preprocess_image(image: sitk.Image, cfg: PreprocessConfig) -> tuple[np.ndarr
     return _percentile_rescale(array, cfg.clip_percentiles), reference
 
 
+def check_prediction_grid(source: str, image: sitk.Image, cfg: PreprocessConfig, limits: ImageLimits | None = None) -> None:
+    """Refuse a volume to predict whose spacing is absurd or whose resampled grid is too large.
+
+    Resampling to ``cfg.target_spacing`` multiplies the voxel count by the ratio of spacings, so
+    a small volume with huge voxels would become an enormous grid. Checked on the header values
+    before any resampling; raises :class:`ImageGridError` naming ``source`` and the limit
+    (``limits`` defaults to :meth:`ImageLimits.from_environment`).
+    """
+    limits = limits or ImageLimits.from_environment()
+    spacing = image.GetSpacing()
+    if max(spacing) > limits.max_spacing_mm:
+        raise ImageGridError(
+            source,
+            f"its voxel spacing {'x'.join(f'{s:g}' for s in spacing)} mm exceeds the {limits.max_spacing_mm:g} mm "
+            "accepted for prediction (no scanner has voxels that large; the header is probably wrong)",
+            limits.spacing_fix(),
+        )
+    size = _resampled_size(image, cfg.target_spacing)
+    voxels = int(np.prod(size, dtype=object))
+    if voxels > limits.max_resampled_voxels:
+        raise ImageGridError(
+            source,
+            f"resampled to the model's spacing {cfg.target_spacing} mm it would have {'x'.join(map(str, size))} = {voxels} "
+            f"voxels, more than the limit of {limits.max_resampled_voxels}",
+            limits.spacing_fix(),
+        )
+
+
 def restore_geometry(label_zyx: np.ndarray, reference: sitk.Image, original: sitk.Image) -> sitk.Image:
     """Map a label array on the preprocessed grid ``reference`` back onto ``original``'s grid.
 
@@ -85,18 +115,25 @@ def _needs_resampling(image: sitk.Image, target_spacing: tuple[float, float, flo
     return target_spacing is not None and not np.allclose(target_spacing, image.GetSpacing(), rtol=_SAME_SPACING_RTOL, atol=0.0)
 
 
+def _resampled_size(image: sitk.Image, target_spacing: tuple[float, float, float] | None) -> list[int]:
+    """Voxels per axis (x, y, z) of ``image``'s extent on the ``target_spacing`` grid."""
+    if not _needs_resampling(image, target_spacing):
+        return list(image.GetSize())
+    extent = np.asarray(image.GetSize()) * np.asarray(image.GetSpacing(), dtype=float)
+    return [int(s) for s in np.maximum(1, np.ceil(extent / np.asarray(target_spacing, dtype=float) - _SIZE_TOLERANCE))]
+
+
 def _target_grid(image: sitk.Image, target_spacing: tuple[float, float, float] | None) -> sitk.Image:
     """A blank uint8 image with the preprocessed geometry, covering ``image``'s physical extent."""
     spacing = np.asarray(image.GetSpacing(), dtype=float)
-    size = np.asarray(image.GetSize())
+    size = _resampled_size(image, target_spacing)
     origin = image.GetOrigin()
     if _needs_resampling(image, target_spacing):
         new_spacing = np.asarray(target_spacing, dtype=float)
-        size = np.maximum(1, np.ceil(size * spacing / new_spacing - _SIZE_TOLERANCE)).astype(int)
         # First new voxel starts where the first original voxel starts (half a voxel before its centre).
         origin = image.TransformContinuousIndexToPhysicalPoint(((new_spacing / spacing - 1.0) / 2.0).tolist())
         spacing = new_spacing
-    grid = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
+    grid = sitk.Image(size, sitk.sitkUInt8)
     grid.SetSpacing(spacing.tolist())
     grid.SetOrigin(origin)
     grid.SetDirection(image.GetDirection())

@@ -34,10 +34,15 @@ class CaseFiles:
 
 @dataclass
 class SiteSpec:
-    """The cases of a site and, when the site declares one, its label set ``{name: value}``."""
+    """The cases of a site and, when the site declares one, its label set ``{name: value}``.
+
+    ``trusted_root`` is a local folder the user named, inside which a volume's header may point
+    to voxel data in another file; ``None`` (uploads, server requests) allows no such file.
+    """
 
     cases: list[CaseFiles]
     label_names: dict[str, int] | None
+    trusted_root: Path | None = None
 
 
 def _stem(path: Path) -> str:
@@ -65,8 +70,11 @@ def site_from_pairs(
     return SiteSpec(cases, None if label_names is None else check_label_names(label_names))
 
 
-def discover_site(path: str | PathLike[str]) -> SiteSpec:
+def discover_site(path: str | PathLike[str], *, trusted: bool = False) -> SiteSpec:
     """Read a site folder in nnU-Net raw layout.
+
+    ``trusted`` (for a folder on this machine named by its user, e.g. on the command line)
+    lets volume headers point to voxel data in other files inside the folder.
 
     An image without a label map (or the reverse) becomes a case whose missing partner is
     the expected, non-existent path, so validation can report every such case at once.
@@ -89,7 +97,7 @@ def discover_site(path: str | PathLike[str]) -> SiteSpec:
             image = case_images[min(index, len(case_images) - 1)]
             label = case_labels[min(index, len(case_labels) - 1)]
             cases.append(CaseFiles(case_id, image, label))
-    return SiteSpec(cases, _read_dataset_labels(root / "dataset.json"))
+    return SiteSpec(cases, _read_dataset_labels(root / "dataset.json"), root if trusted else None)
 
 
 def _suffix(path: Path) -> str:

@@ -49,7 +49,9 @@ def validate_site(spec: SiteSpec, label_names: dict[str, int] | None) -> dict[st
             )
         )
     problems.extend(_duplicate_case_ids(spec.cases))
-    label_values = [(case.label, values) for case in spec.cases if (values := _check_case(case, problems)) is not None]
+    label_values = [
+        (case.label, values) for case in spec.cases if (values := _check_case(case, spec.trusted_root, problems)) is not None
+    ]
     if labels is None:
         all_values = sorted(set().union(*(values for _, values in label_values)) - {0})
         labels = {"background": 0, **{f"label_{value}": value for value in all_values}}
@@ -94,37 +96,45 @@ def _agreed_label_set(
 
 
 def _duplicate_case_ids(cases: list[CaseFiles]) -> list[DataError]:
-    images_by_id: dict[str, list[str]] = defaultdict(list)
+    """Cases sharing an id, also ids equal ignoring case (they would share a folder on macOS and Windows)."""
+    by_id: dict[str, list[CaseFiles]] = defaultdict(list)
     for case in cases:
-        images_by_id[case.case_id].append(str(case.image))
-    return [
-        DataError(images[0], f"case id {case_id!r} is used by {len(images)} images: {', '.join(images)}", "give every case a unique file name")
-        for case_id, images in images_by_id.items()
-        if len(images) > 1
-    ]
+        by_id[case.case_id.casefold()].append(case)
+    problems = []
+    for group in by_id.values():
+        if len(group) < 2:
+            continue
+        images = ", ".join(str(case.image) for case in group)
+        ids = sorted({case.case_id for case in group})
+        if len(ids) == 1:
+            problem = f"case id {ids[0]!r} is used by {len(group)} images: {images}"
+        else:
+            problem = f"case ids {', '.join(map(repr, ids))} differ only by upper/lower case (one folder on macOS and Windows): {images}"
+        problems.append(DataError(group[0].image, problem, "give every case a unique file name, differing by more than case"))
+    return problems
 
 
-def _check_case(case: CaseFiles, problems: list[DataError]) -> set[int] | None:
+def _check_case(case: CaseFiles, trusted_root: Path | None, problems: list[DataError]) -> set[int] | None:
     """Append the problems of one case; return its label values when they could be read."""
     try:
         validate_name(case.case_id, "case")
     except ValueError as exc:
         problems.append(DataError(case.image, str(exc), "rename the image and label-map files"))
-    image = _read_case_file(case.image, case.label, "image", problems)
-    label = _read_case_file(case.label, case.image, "label map", problems)
+    image = _read_case_file(case.image, case.label, "image", trusted_root, problems)
+    label = _read_case_file(case.label, case.image, "label map", trusted_root, problems)
     if image is not None and label is not None:
         problems.extend(_geometry_problems(image, label, case))
     return None if label is None else _label_values(label, case, problems)
 
 
-def _read_case_file(path: Path, partner: Path, kind: str, problems: list[DataError]) -> sitk.Image | None:
+def _read_case_file(path: Path, partner: Path, kind: str, trusted_root: Path | None, problems: list[DataError]) -> sitk.Image | None:
     """Read one file of a case (rejecting missing, unreadable, non-3D and non-finite files);
     record the problem if any."""
     if not path.exists() and partner.exists():
         problems.append(DataError(path, f"{kind} missing for {partner.name}", f"add the {kind} as {path.name} or remove {partner.name}"))
         return None
     try:
-        return read_image(path)
+        return read_image(path, trusted_root=trusted_root)
     except DataError as exc:
         problems.append(exc)
         return None

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 
 from dakr import __version__
 from dakr.config import ConfigError
-from dakr.data.errors import DataError, SiteValidationError
+from dakr.data.errors import DataError, ImageGridError, SiteValidationError
 from dakr.service import routes_audit, routes_info, routes_jobs, routes_models, routes_shift, routes_sites
 from dakr.service.context import ServiceContext
 from dakr.service.docs import add_offline_docs
@@ -107,6 +107,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(JobConflict, conflict)
     app.add_exception_handler(JobStateError, detail(409))
     app.add_exception_handler(SiteValidationError, detail(422))
+    app.add_exception_handler(ImageGridError, detail(422))
     app.add_exception_handler(DataError, detail(400))
     app.add_exception_handler(ConfigError, detail(400))
     app.add_exception_handler(StoreError, detail(400))

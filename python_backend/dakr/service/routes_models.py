@@ -13,12 +13,12 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile, status
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from dakr.data.io import read_image, write_image
+from dakr.data.io import write_image
 from dakr.data.site import case_id_from_image
 from dakr.service.context import ServiceContext, get_context, version_or_404, version_or_active
 from dakr.service.schemas import ErrorOut, JobCreatedOut, MatrixOut, ModelOut
 from dakr.service.security import safe_name
-from dakr.service.uploads import FORMAT_SUFFIXES, check_volume
+from dakr.service.uploads import FORMAT_SUFFIXES, check_volume, read_uploaded_volume
 from dakr.shift import predict_with_shift
 from dakr.store import VersionInfo
 from dakr.store.files import CONFIG_FILE, WEIGHTS_FILE
@@ -106,8 +106,9 @@ def evaluation_matrix(context: ServiceContext = Depends(get_context)) -> MatrixO
         },
         400: {"model": ErrorOut, "description": "invalid file name or unreadable volume"},
         409: {"model": ErrorOut, "description": "no model yet"},
-        413: {"model": ErrorOut, "description": "upload larger than the server's limit"},
+        413: {"model": ErrorOut, "description": "upload or volume larger than the server's limits"},
         415: {"model": ErrorOut, "description": "not a NIfTI, NRRD or MetaImage volume"},
+        422: {"model": ErrorOut, "description": "absurd voxel spacing, resampled grid over the limit, or the volume check was stopped"},
         **_NOT_FOUND,
     },
     summary="Segment an uploaded volume",
@@ -130,9 +131,9 @@ def predict(
         source = folder / name
         with source.open("wb") as handle:
             shutil.copyfileobj(file.file, handle)
-        image = read_image(source)
+        image = read_uploaded_volume(source)
         with context.torch_work:
-            result = predict_with_shift(context.store, image, version_id)
+            result = predict_with_shift(context.store, image, version_id, source=name)
         target = folder / f"{case_id_from_image(name)}{'_uncertainty' if output == 'uncertainty' else ''}{suffix}"
         write_image(result.labels if output == "labels" else result.uncertainty, target)
     except BaseException:

@@ -16,8 +16,8 @@ from dakr.data.site import discover_site
 from dakr.service.context import ServiceContext, get_context, site_or_404
 from dakr.service.schemas import CaseOut, ErrorOut, SiteFromPathIn, SiteOut
 from dakr.service.security import safe_name
-from dakr.service.uploads import relative_problems, site_spec_from_uploads
-from dakr.store import SiteInfo, Store
+from dakr.service.uploads import register_site_files, relative_problems, site_spec_from_uploads
+from dakr.store import SiteInfo, Store, StoreError
 
 router = APIRouter(tags=["sites"])
 _ERRORS = {
@@ -27,9 +27,9 @@ _ERRORS = {
 _REGISTER_ERRORS = {
     400: {"model": ErrorOut, "description": "invalid site or file name"},
     409: {"model": ErrorOut, "description": "a site of that name exists"},
-    413: {"model": ErrorOut, "description": "upload larger than the server's limit"},
+    413: {"model": ErrorOut, "description": "upload larger than the server's limit, or reading it needs more memory than allowed"},
     415: {"model": ErrorOut, "description": "a file is not a NIfTI, NRRD or MetaImage volume"},
-    422: {"model": ErrorOut, "description": "the site was rejected; the message lists every problem"},
+    422: {"model": ErrorOut, "description": "the site was rejected (the message lists every problem) or its check was stopped"},
 }
 
 
@@ -39,8 +39,10 @@ def site_out(info: SiteInfo) -> SiteOut:
 
 def _require_new_site(store: Store, name: str) -> None:
     safe_name(name, "site")
-    if any(site.name == name for site in store.sites()):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"site {name!r} is already registered; choose another site name")
+    try:
+        store.require_new_site(name)
+    except StoreError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
 
 
 @router.get("/sites", response_model=list[SiteOut], summary="All registered sites")
@@ -73,9 +75,9 @@ def register_site(
     with tempfile.TemporaryDirectory(prefix="dakr-upload-") as folder:
         try:
             spec = site_spec_from_uploads(images, labels, Path(folder), declared)
-            info = context.store.add_site(name, spec, audit_fraction=audit_fraction, seed=seed)
         except SiteValidationError as exc:
             raise relative_problems(exc, Path(folder)) from exc
+        info = register_site_files(context.store, name, spec, Path(folder), audit_fraction=audit_fraction, seed=seed)
     return site_out(info)
 
 
@@ -111,7 +113,7 @@ def register_site_from_path(request: SiteFromPathIn, context: ServiceContext = D
             status.HTTP_400_BAD_REQUEST, f"{request.path!r} is not an absolute path; give the full path of the site folder"
         )
     spec = discover_site(path)
-    info = context.store.add_site(request.name, spec, audit_fraction=request.audit_fraction, seed=request.seed)
+    info = register_site_files(context.store, request.name, spec, path, audit_fraction=request.audit_fraction, seed=request.seed)
     return site_out(info)
 
 

@@ -1,4 +1,5 @@
-"""Uploaded volumes: safe names, format check by content, and pairing images with label maps."""
+"""Uploaded volumes: safe names, format check by content, pairing images with label maps, and
+reading them only in a limited child process."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ import shutil
 from pathlib import Path
 from typing import BinaryIO
 
+import SimpleITK as sitk
 from fastapi import HTTPException, UploadFile, status
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dakr.data.errors import DataError, SiteValidationError
-from dakr.data.io import image_suffix, sniff_format
+from dakr.data.errors import DataError, ImageTooLargeError, SiteValidationError
+from dakr.data.io import image_suffix, read_image, sniff_format
 from dakr.data.site import SiteSpec, case_id_from_image, site_from_pairs
+from dakr.isolation import CheckAbortedError, check_image_isolated, register_site_isolated
 from dakr.service.security import safe_name
+from dakr.store import SiteInfo, Store
 
 #: Bytes read to recognise a format (a NIfTI-1 header is 348 bytes; gzip needs a little more).
 HEAD_BYTES = 4096
@@ -94,12 +98,50 @@ def site_spec_from_uploads(
 
 def relative_problems(error: SiteValidationError, folder: Path) -> SiteValidationError:
     """The same problems with each file named as uploaded (``images/<name>``, ``labels/<name>``)."""
-    problems = []
-    for problem in error.problems:
-        path = Path(problem.file)
-        shown = path.relative_to(folder) if path.is_relative_to(folder) else path
-        problems.append(DataError(shown, problem.problem, problem.fix))
-    return SiteValidationError(problems)
+    return SiteValidationError([relative_error(problem, folder) for problem in error.problems])
+
+
+def relative_error(error: DataError, folder: Path) -> DataError:
+    """The same error of the same class with its file named relative to ``folder`` (the upload's)."""
+    path = Path(error.file)
+    shown = path.relative_to(folder) if path.is_relative_to(folder) else path
+    return type(error)(shown if str(shown) != "." else "upload", error.problem, error.fix)
+
+
+def register_site_files(store: Store, name: str, spec: SiteSpec, folder: Path, *, audit_fraction: float, seed: int) -> SiteInfo:
+    """Validate, copy and register a site in a memory- and time-limited process, naming files below ``folder``.
+
+    ``SiteValidationError`` lists the data's problems (422); HTTP 413 when reading needs more
+    memory than allowed, 422 when the check ran past its time limit or crashed.
+    """
+    try:
+        register_site_isolated(store.path, name, spec, audit_fraction=audit_fraction, seed=seed)
+    except SiteValidationError as exc:
+        raise relative_problems(exc, folder) from exc
+    except DataError as exc:
+        raise _http_error(relative_error(exc, folder)) from exc
+    return store.site(name)
+
+
+def read_uploaded_volume(path: Path) -> sitk.Image:
+    """Read an uploaded volume after checking it in a memory- and time-limited process.
+
+    HTTP 413 for a volume over the size limits, 422 when the check ran past its time limit or
+    crashed, 400 for an unreadable volume; messages name the file as uploaded.
+    """
+    try:
+        check_image_isolated(path)
+    except DataError as exc:
+        raise _http_error(relative_error(exc, path.parent)) from exc
+    return read_image(path)
+
+
+def _http_error(error: DataError) -> HTTPException:
+    if isinstance(error, ImageTooLargeError):
+        return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(error))
+    if isinstance(error, CheckAbortedError):
+        return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error))
+    return HTTPException(status.HTTP_400_BAD_REQUEST, str(error))
 
 
 class UploadLimitMiddleware:

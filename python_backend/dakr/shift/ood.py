@@ -8,7 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from dakr.data.preprocessing import preprocess_image, restore_geometry
+from dakr.data.preprocessing import check_prediction_grid, preprocess_image, restore_geometry
 from dakr.shift.features import analyse_array
 from dakr.shift.reference import load_reference
 from dakr.store import Store, StoreError
@@ -45,14 +45,21 @@ class ShiftedPrediction:
         }
 
 
-def predict_with_shift(store: Store, image: sitk.Image, version: int | None = None, device: torch.device | None = None) -> ShiftedPrediction:
-    """Segment ``image`` with ``version`` (default: active) and score its shift from the known sites."""
+def predict_with_shift(
+    store: Store, image: sitk.Image, version: int | None = None, device: torch.device | None = None, *, source: str = "the volume"
+) -> ShiftedPrediction:
+    """Segment ``image`` with ``version`` (default: active) and score its shift from the known sites.
+
+    Raises :class:`dakr.data.errors.ImageGridError` (naming ``source``) for an absurd spacing or a
+    resampled grid over the limits, before any resampling.
+    """
     from dakr.inference import default_device
     from dakr.pipeline import load_version_model
 
     device = device or default_device()
     version_id = version if version is not None else _active_id(store)
     model, config, values = load_version_model(store, version_id, device)
+    check_prediction_grid(source, image, config.preprocess)
     array, grid = preprocess_image(image, config.preprocess)
     analysis = analyse_array(model, array, config, device)
     labels = restore_geometry(np.asarray(values, dtype=np.uint8)[analysis.prediction], grid, image)

@@ -42,9 +42,15 @@ def stored_label_names(conn: sqlite3.Connection) -> dict[str, int] | None:
 
 
 def require_new_site(conn: sqlite3.Connection, name: str) -> None:
-    """Raise :class:`StoreError` if a site called ``name`` exists."""
-    if conn.execute("SELECT 1 FROM sites WHERE name = ?", (name,)).fetchone():
+    """Raise :class:`StoreError` if a site called ``name`` exists, ignoring case (file systems may)."""
+    row = conn.execute("SELECT name FROM sites WHERE name = ? COLLATE NOCASE", (name,)).fetchone()
+    if row is not None and row["name"] == name:
         raise StoreError(f"site {name!r} is already registered. Fix: choose another site name")
+    if row is not None:
+        raise StoreError(
+            f"site {name!r} differs from the registered site {row['name']!r} only by upper/lower case, and both would "
+            "share one folder on macOS and Windows. Fix: choose a name that differs by more than case"
+        )
 
 
 def insert_site(

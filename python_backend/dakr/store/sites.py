@@ -47,7 +47,7 @@ def copy_cases(spec: SiteSpec, folder: Path, progress: ProgressCallback | None =
     cases = sorted(spec.cases, key=lambda case: case.case_id)
     for step, case in enumerate(cases, start=1):
         case_dir = folder / case.case_id
-        write_image(read_image(case.image), case_dir / IMAGE_FILE)
-        write_image(read_image(case.label), case_dir / LABEL_FILE)
+        write_image(read_image(case.image, trusted_root=spec.trusted_root), case_dir / IMAGE_FILE)
+        write_image(read_image(case.label, trusted_root=spec.trusted_root), case_dir / LABEL_FILE)
         message = f"copied case {case.case_id}"
         report(ProgressEvent(stage="register", step=step, total=len(cases), message=message))

@@ -172,10 +172,8 @@ class Store:
         """
         from dakr.data.validation import validate_site
 
-        validate_name(name, "site")
+        self.require_new_site(name)
         check_audit_fraction(audit_fraction)
-        with connect(self._db) as conn:
-            require_new_site(conn, name)
         label_names = validate_site(spec, self.label_names)
         split = frozen_split([case.case_id for case in spec.cases], audit_fraction, seed)
         temp = new_temp_dir(self._sites_dir)
@@ -189,6 +187,13 @@ class Store:
             shutil.rmtree(temp, ignore_errors=True)
             raise
         return self.site(name)
+
+    def require_new_site(self, name: str) -> None:
+        """Raise ``ValueError`` for an invalid name and :class:`StoreError` if a site of that
+        name exists, also when it differs only by upper/lower case."""
+        validate_name(name, "site")
+        with connect(self._db) as conn:
+            require_new_site(conn, name)
 
     def sites(self) -> list[SiteInfo]:
         """All sites in registration order."""
