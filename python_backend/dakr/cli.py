@@ -171,9 +171,28 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from dakr.service import serve_main
+    from dakr.service.security import TOKEN_ENV, ServiceConfigError, read_token
 
-    token = Path(args.token_file).read_text().strip() if args.token_file else args.token
-    return serve_main(args.store, host=args.host, port=args.port, token=token, max_upload_mb=args.max_upload_mb)
+    if args.token is not None:
+        raise UsageError(
+            f"--token is refused: command lines are visible to every user of the machine (ps). "
+            f"Fix: put the token in a file only you can read and pass --token-file FILE, or set {TOKEN_ENV}"
+        )
+    try:
+        token = read_token(args.token_file)
+    except ServiceConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    return serve_main(
+        args.store,
+        host=args.host,
+        port=args.port,
+        token=token,
+        allow_hosts=args.allow_host or (),
+        allow_origins=args.allow_origin or (),
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        max_upload_mb=args.max_upload_mb,
+    )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -256,11 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = verb("serve", cmd_serve, "run the HTTP API for the Slicer module")
     sub.add_argument("store")
-    sub.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback requires a token)")
+    sub.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback requires a token and TLS)")
     sub.add_argument("--port", type=int, default=8000)
-    token = sub.add_mutually_exclusive_group()
-    token.add_argument("--token", help="bearer token clients must send")
-    token.add_argument("--token-file", help="file holding the bearer token")
+    sub.add_argument("--token", help=argparse.SUPPRESS)
+    sub.add_argument("--token-file", help="file (mode 600) holding the bearer token clients must send; or set DAKR_TOKEN")
+    sub.add_argument("--ssl-certfile", help="TLS certificate (PEM); serves https")
+    sub.add_argument("--ssl-keyfile", help="TLS private key (PEM) of --ssl-certfile")
+    sub.add_argument("--allow-host", action="append", metavar="NAME", help="another host name clients use for this server (repeatable)")
+    sub.add_argument(
+        "--allow-origin", action="append", metavar="ORIGIN", help="web page origin allowed to call the API, e.g. https://viewer.example.org (repeatable)"
+    )
     sub.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest accepted upload (default 2048 MB)")
 
     sub = verbs.add_parser("worker", help=argparse.SUPPRESS)

@@ -35,6 +35,7 @@ from test_service_support import (
     case_volumes,
     decoded,
     encoded,
+    local_client,
     record_dice,
     upload_files,
     volume,
@@ -67,13 +68,13 @@ def populated(tmp_path: Path, store: Store) -> Store:
 
 @pytest.fixture
 def client(store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(store.path)) as test_client:
+    with local_client(create_app(store.path)) as test_client:
         yield test_client
 
 
 @pytest.fixture
 def populated_client(populated: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(populated.path)) as test_client:
+    with local_client(create_app(populated.path)) as test_client:
         yield test_client
 
 
@@ -139,7 +140,7 @@ def test_openapi_schema_documents_every_route_with_response_models(store: Store)
 
 # -- security ------------------------------------------------------------------------------------
 def test_token_is_required_on_every_route(store: Store) -> None:
-    with TestClient(create_app(store.path, token=TOKEN)) as client:
+    with local_client(create_app(store.path, token=TOKEN)) as client:
         missing = client.get(f"{API}/info")
         assert missing.status_code == 401
         assert "Authorization: Bearer" in missing.json()["detail"]
@@ -148,8 +149,10 @@ def test_token_is_required_on_every_route(store: Store) -> None:
         assert client.get(f"{API}/sites", headers={"Authorization": f"Bearer {TOKEN}x"}).status_code == 401
         assert client.post(f"{API}/models/1/activate").status_code == 401
         assert client.get(f"{API}/info", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-        assert client.get("/openapi.json").status_code == 404
-        assert client.get("/docs").status_code == 404
+        authorised = {"Authorization": f"Bearer {TOKEN}"}
+        for path in ("/openapi.json", "/docs"):
+            assert client.get(path).status_code == 401
+            assert client.get(path, headers=authorised).status_code == 404
 
 
 def test_refuses_a_non_loopback_server_without_token(store: Store) -> None:
@@ -241,7 +244,7 @@ def test_uploaded_label_names_are_used(client: TestClient, tmp_path: Path) -> No
 
 def test_oversized_upload_is_refused_with_413(store: Store, tmp_path: Path) -> None:
     files = upload_files(write_site(tmp_path / "site"))
-    with TestClient(create_app(store.path, max_upload_mb=0.01)) as client:
+    with local_client(create_app(store.path, max_upload_mb=0.01)) as client:
         response = client.post(f"{API}/sites", data={"name": "A"}, files=files)
         assert response.status_code == 413
         assert "limit of 0.01 MB" in response.json()["detail"]
@@ -320,7 +323,7 @@ def test_register_site_from_server_path(client: TestClient, tmp_path: Path) -> N
 
 def test_server_path_registration_is_refused_off_loopback(store: Store, tmp_path: Path) -> None:
     site = write_site(tmp_path / "site")
-    with TestClient(create_app(store.path, token=TOKEN, loopback=False)) as client:
+    with local_client(create_app(store.path, token=TOKEN, loopback=False)) as client:
         response = client.post(
             f"{API}/sites/from-path", json={"name": "A", "path": str(site)}, headers={"Authorization": f"Bearer {TOKEN}"}
         )
@@ -386,7 +389,7 @@ def test_jobs_left_running_by_a_dead_server_are_marked_interrupted(store: Store)
     running = store.update_job(store.create_job("adapt", {"site": "A"}).id, state="running", pid=dead.pid)
     queued = store.create_job("evaluate", {"version": 1})
     finished = store.update_job(store.create_job("evaluate", {"version": 1}).id, state="succeeded", result={"version": 1})
-    with TestClient(create_app(store.path)) as client:
+    with local_client(create_app(store.path)) as client:
         jobs = {job["id"]: job for job in client.get(f"{API}/jobs").json()}
     assert jobs[running.id]["state"] == "interrupted"
     assert jobs[queued.id]["state"] == "interrupted"
@@ -499,7 +502,7 @@ def test_predict_keeps_format_and_geometry(populated_client: TestClient, suffix:
 
 def test_predict_errors(populated_client: TestClient, tmp_path: Path) -> None:
     data = encoded(case_volumes(0)[0])
-    with TestClient(create_app(Store.init(tmp_path / "empty").path)) as empty_client:
+    with local_client(create_app(Store.init(tmp_path / "empty").path)) as empty_client:
         no_model = empty_client.post(f"{API}/predict", files={"file": ("scan.nii.gz", data)})
     assert no_model.status_code == 409
     assert "no model yet" in no_model.json()["detail"]

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
 from dakr.config import ExperimentConfig, apply_overrides
 from dakr.nets import build_network
 from dakr.pipeline import NETWORK_PREFIX
@@ -38,6 +41,11 @@ TINY_CONFIG: dict[str, Any] = {
     "continual.buffer_samples": 8,
     "continual.buffer_batch_size": 2,
 }
+
+
+def local_client(app: FastAPI, **kwargs: Any) -> TestClient:
+    """A test client that addresses the app as the local Slicer module does (``Host: 127.0.0.1``)."""
+    return TestClient(app, base_url="http://127.0.0.1", **kwargs)
 
 
 def volume(array: np.ndarray) -> sitk.Image:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
@@ -20,7 +21,17 @@ from dakr.service import routes_audit, routes_info, routes_jobs, routes_models, 
 from dakr.service.context import ServiceContext
 from dakr.service.jobs import JobConflict, JobRunner, JobStateError
 from dakr.service.uploads import UploadLimitMiddleware
-from dakr.service.security import ServiceConfigError, bearer_token_dependency, check_bind, is_loopback
+from dakr.service.security import (
+    LOCAL_HOST_NAMES,
+    BearerTokenGuard,
+    HostOriginGuard,
+    ServiceConfigError,
+    allowed_host_names,
+    check_bind,
+    check_reachable,
+    check_tls,
+    is_loopback,
+)
 from dakr.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -37,6 +48,8 @@ def create_app(
     *,
     token: str | None = None,
     loopback: bool = True,
+    allowed_hosts: Iterable[str] = LOCAL_HOST_NAMES,
+    allowed_origins: Iterable[str] = (),
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S,
 ) -> FastAPI:
@@ -44,8 +57,11 @@ def create_app(
 
     ``loopback`` says the server listens only on this machine; otherwise a ``token`` is
     required (:class:`ServiceConfigError`). With a token every request must carry
-    ``Authorization: Bearer <token>`` and the interactive docs are off. Jobs left running by
-    a previous server whose worker is gone are marked ``interrupted`` at startup.
+    ``Authorization: Bearer <token>`` and the interactive docs are off. Requests must name one
+    of ``allowed_hosts`` in their ``Host`` header; state-changing requests from a web page must
+    come from the server's own origin or one of ``allowed_origins`` (which also get CORS).
+    Jobs left running by a previous server whose worker is gone are marked ``interrupted`` at
+    startup.
     """
     check_bind(loopback, token)
     if max_upload_mb <= 0:
@@ -70,11 +86,17 @@ def create_app(
         redoc_url=None,
         openapi_url="/openapi.json" if token is None else None,
     )
+    origins = list(allowed_origins)
+    # Added innermost first: the Host/Origin guard runs first, the upload limit last.
     app.add_middleware(UploadLimitMiddleware, max_mb=max_upload_mb)
+    if token is not None:
+        app.add_middleware(BearerTokenGuard, token=token)
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts, allowed_origins=origins)
     app.state.context = ServiceContext(store=store, runner=runner, loopback=loopback)
-    dependencies = [Depends(bearer_token_dependency(token))] if token is not None else []
     for module in (routes_info, routes_sites, routes_jobs, routes_models, routes_audit):
-        app.include_router(module.router, prefix=API_PREFIX, dependencies=dependencies)
+        app.include_router(module.router, prefix=API_PREFIX)
     _install_error_handlers(app)
     return app
 
@@ -112,18 +134,40 @@ def serve_main(
     host: str = "127.0.0.1",
     port: int = 8000,
     token: str | None = None,
+    allow_hosts: Iterable[str] = (),
+    allow_origins: Iterable[str] = (),
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
 ) -> int:
     """Run the API server until interrupted; returns the exit code (2 for a refused configuration).
 
-    Binding to an address other than loopback needs a ``token``.
+    Binding to an address other than loopback needs a ``token`` and TLS (``ssl_certfile`` and
+    ``ssl_keyfile``); requests must address the server by a local name, the bound address or
+    one of ``allow_hosts``.
     """
+    loopback = is_loopback(host)
+    hosts = allowed_host_names(host, allow_hosts)
     try:
-        app = create_app(store_path, token=token, loopback=is_loopback(host), max_upload_mb=max_upload_mb)
+        app = create_app(
+            store_path,
+            token=token,
+            loopback=loopback,
+            allowed_hosts=hosts,
+            allowed_origins=allow_origins,
+            max_upload_mb=max_upload_mb,
+        )
+        check_tls(loopback, ssl_certfile, ssl_keyfile)
+        check_reachable(host, hosts)
     except (ServiceConfigError, StoreError) as exc:
         print(f"dakr serve: {exc}", file=sys.stderr)
         return 2
     auth = "token required" if token else "no token (loopback only)"
-    print(f"dakr serve: store {Path(store_path).resolve()} on http://{host}:{port}{API_PREFIX} ({auth})", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    scheme = "https" if ssl_certfile else "http"
+    print(
+        f"dakr serve: store {Path(store_path).name!r} on {scheme}://{host}:{port}{API_PREFIX} ({auth}); "
+        f"answers to host names {', '.join(sorted(hosts))}",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="info", ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     return 0
