@@ -6,6 +6,7 @@ Every verb has ``--help``; an error exits non-zero with one clear line on stderr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,11 +67,23 @@ def cmd_site_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_adapt(args: argparse.Namespace) -> int:
-    if args.nproc > 1:
-        from dakr.distributed import launch
+def _command_line() -> str:
+    """This command as typed, to name the holder of the store's writer lock."""
+    return " ".join(["dakr", *sys.argv[1:]])
 
-        return launch(args)
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _adapt(args)  # one rank of `--nproc N`: the launching process holds the writer lock
+    with _store(args.store).writer_lock(_command_line()):
+        if args.nproc > 1:
+            from dakr.distributed import launch
+
+            return launch(args)
+        return _adapt(args)
+
+
+def _adapt(args: argparse.Namespace) -> int:
     from dakr.distributed import init_from_environment, shutdown
     from dakr.pipeline import adapt
     from dakr.progress import ConsoleProgress
@@ -114,8 +127,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     targets = [args.version] if args.version is not None else [v.id for v in store.versions()]
     if not targets:
         raise UsageError(f"store {args.store} has no model versions yet; run `dakr adapt` first")
-    for version in targets:
-        evaluate_version(store, version, progress=ConsoleProgress(), only_missing=not args.force)
+    with store.writer_lock(_command_line()):
+        for version in targets:
+            evaluate_version(store, version, progress=ConsoleProgress(), only_missing=not args.force)
     _print_matrix(store)
     return 0
 

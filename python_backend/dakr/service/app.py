@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 from fastapi.responses import JSONResponse, Response
 
 from dakr import __version__
 from dakr.config import ConfigError
 from dakr.data.errors import DataError, SiteValidationError
 from dakr.service import routes_audit, routes_info, routes_jobs, routes_models, routes_sites
-from dakr.service.context import ServiceContext
-from dakr.service.jobs import JobConflict, JobRunner, JobStateError
+from dakr.service.context import ServiceContext, clean_temp_area
+from dakr.service.failures import storage_failure
+from dakr.service.jobs import JobConflict, JobRunner
+from dakr.service.schemas import ErrorOut
 from dakr.service.uploads import UploadLimitMiddleware
 from dakr.service.security import (
     LOCAL_HOST_NAMES,
@@ -32,13 +37,16 @@ from dakr.service.security import (
     check_tls,
     is_loopback,
 )
-from dakr.store import Store, StoreError
+from dakr.store import SitePurgedError, Store, StoreError
+from dakr.store.lock import StoreBusy
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 #: Largest request body (all uploaded files together) accepted by default.
 DEFAULT_MAX_UPLOAD_MB = 2048.0
+#: Every route answers an invalid request with 422 and one message (not FastAPI's list of errors).
+_INVALID_REQUEST: dict[int | str, dict[str, Any]] = {422: {"model": ErrorOut, "description": "invalid request; the message says which field"}}
 #: Seconds a cancelled worker gets to checkpoint and exit before its process group is killed.
 DEFAULT_CANCEL_GRACE_S = 20.0
 
@@ -71,6 +79,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        clean_temp_area(store)
         runner.start()
         try:
             yield
@@ -96,36 +105,63 @@ def create_app(
     app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts, allowed_origins=origins)
     app.state.context = ServiceContext(store=store, runner=runner, loopback=loopback)
     for module in (routes_info, routes_sites, routes_jobs, routes_models, routes_audit):
-        app.include_router(module.router, prefix=API_PREFIX)
+        app.include_router(module.router, prefix=API_PREFIX, responses=_INVALID_REQUEST)
     _install_error_handlers(app)
     return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    """Every error as ``{"detail": "<what went wrong and what to do>"}``."""
+    """Every error as ``{"detail": "<what went wrong and what to do>"}``, never a bare 500 for bad input.
+
+    A full disk answers 507 and a storage I/O error 503, whatever exception carries them.
+    Messages name the store by its folder name, never by its absolute path.
+    """
+
+    def reply(request: Request, status_code: int, message: str, **extra: Any) -> Response:
+        store = request.app.state.context.store
+        return JSONResponse({"detail": message.replace(str(store.path), store.name), **extra}, status_code=status_code)
 
     def detail(status_code: int) -> Callable[[Request, Exception], Awaitable[Response]]:
         async def handler(request: Request, exc: Exception) -> Response:
-            return JSONResponse({"detail": str(exc)}, status_code=status_code)
+            failure = storage_failure(exc, request.app.state.context.store.name)
+            if failure is not None:
+                return reply(request, failure.status, failure.message)
+            return reply(request, status_code, str(exc))
 
         return handler
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        response = reply(request, exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
     async def conflict(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, JobConflict)
-        return JSONResponse({"detail": str(exc), "job_id": exc.job_id}, status_code=409)
+        return reply(request, 409, str(exc), job_id=exc.job_id)
 
     async def invalid_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors())
-        return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
+        return reply(request, 422, f"invalid request: {problems}")
+
+    async def storage(request: Request, exc: Exception) -> Response:
+        failure = storage_failure(exc, request.app.state.context.store.name)
+        if failure is None:
+            raise exc
+        return reply(request, failure.status, failure.message)
 
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(JobConflict, conflict)
-    app.add_exception_handler(JobStateError, detail(409))
     app.add_exception_handler(SiteValidationError, detail(422))
     app.add_exception_handler(DataError, detail(400))
     app.add_exception_handler(ConfigError, detail(400))
+    app.add_exception_handler(StoreBusy, detail(409))
+    app.add_exception_handler(SitePurgedError, detail(410))
     app.add_exception_handler(StoreError, detail(400))
+    app.add_exception_handler(OSError, storage)
+    app.add_exception_handler(sqlite3.Error, storage)
 
 
 def serve_main(
