@@ -12,7 +12,6 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,15 @@ from dakr.data.site import discover_site
 from dakr.progress import JsonLinesProgress, ProgressEvent
 from dakr.service import create_app, serve_main
 from dakr.service.job_files import EVENTS_FILE, LOG_FILE
-from dakr.service.processes import SPAWN_OPTIONS
 from dakr.service.security import ServiceConfigError, is_loopback
-from dakr.store import JobRecord, Store
+from dakr.store import Store
 from test_service_support import (
     LABELS,
     add_tiny_version,
     case_volumes,
     decoded,
     encoded,
+    fake_worker,
     local_client,
     record_dice,
     upload_files,
@@ -76,18 +75,6 @@ def client(store: Store) -> Iterator[TestClient]:
 def populated_client(populated: Store) -> Iterator[TestClient]:
     with local_client(create_app(populated.path)) as test_client:
         yield test_client
-
-
-@contextmanager
-def fake_worker(store: Store, params: dict, kind: str = "adapt") -> Iterator[tuple[JobRecord, subprocess.Popen]]:
-    """A running job whose 'worker' is a sleeping process in its own group (its argv names the job)."""
-    job = store.create_job(kind, params)
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", job.id], **SPAWN_OPTIONS)
-    try:
-        yield store.update_job(job.id, state="running", pid=process.pid), process
-    finally:
-        process.kill()
-        process.wait()
 
 
 def audit_case(store: Store, site: str) -> str:
