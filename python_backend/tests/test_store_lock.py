@@ -168,3 +168,21 @@ def test_purge_cancels_running_evaluations_and_refuses_during_training(store: St
             assert refused.status_code == 409
             assert refused.json()["job_id"] == training.id
     assert not store.site("B").purged
+
+
+@pytest.mark.slow
+def test_jobs_wait_for_the_store_and_evaluations_run_one_at_a_time(store: Store) -> None:
+    with local_client(create_app(store.path)) as client:
+        with lock_held_elsewhere(store) as holder:
+            first, second = (client.post(f"{API}/models/1/evaluate").json()["job_id"] for _ in range(2))
+            waiting = wait_for(
+                lambda: [e for e in client.get(f"{API}/jobs/{first}/events").json()["events"] if e["stage"] == "queued"],
+                120,
+                "the first evaluation to wait for the store",
+            )
+            assert f"pid {holder.pid}" in waiting[0]["message"]
+            assert client.get(f"{API}/jobs/{first}").json()["state"] == "queued"
+            assert store.job(second).state == "queued" and store.job(second).pid is None
+        for job_id in (first, second):
+            wait_for(lambda: client.get(f"{API}/jobs/{job_id}").json()["state"] == "succeeded", 180, f"job {job_id} to succeed")
+    assert site_predictions(store, "A") != []
