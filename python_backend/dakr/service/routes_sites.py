@@ -59,9 +59,9 @@ def list_sites(context: ServiceContext = Depends(get_context)) -> list[SiteOut]:
     summary="Register a site from uploaded volumes and label maps",
 )
 def register_site(
-    name: Annotated[str, Form(description="site name: letters, digits, '.', '_', '-'")],
-    images: Annotated[list[UploadFile], File(description="volumes, e.g. case01_0000.nii.gz")],
-    labels: Annotated[list[UploadFile], File(description="label maps, e.g. case01.nii.gz")],
+    name: Annotated[str, Form(min_length=1, description="site name: letters, digits, '.', '_', '-'")],
+    images: Annotated[list[UploadFile], File(min_length=1, description="volumes, e.g. case01_0000.nii.gz")],
+    labels: Annotated[list[UploadFile], File(min_length=1, description="label maps, e.g. case01.nii.gz")],
     audit_fraction: Annotated[float, Form(gt=0.0, lt=1.0)] = 0.2,
     seed: Annotated[int, Form(ge=0, le=MAX_SEED, description="seed of the frozen train/audit split")] = 0,
     label_names: Annotated[str | None, Form(description='JSON label set, e.g. {"background": 0, "CSF": 1}')] = None,
