@@ -295,9 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--token-file", help="file (mode 600) holding the bearer token clients must send; or set DAKR_TOKEN")
     sub.add_argument("--ssl-certfile", help="TLS certificate (PEM); serves https")
     sub.add_argument("--ssl-keyfile", help="TLS private key (PEM) of --ssl-certfile")
-    sub.add_argument("--allow-host", action="append", metavar="NAME", help="another host name clients use for this server (repeatable)")
+    sub.add_argument("--allow-host", action="append", metavar="NAME", help="a host name clients use for this server (repeatable)")
     sub.add_argument(
-        "--allow-origin", action="append", metavar="ORIGIN", help="web page origin allowed to call the API, e.g. https://viewer.example.org (repeatable)"
+        "--allow-origin", action="append", metavar="ORIGIN", help="a web page origin allowed to call the API (repeatable)"
     )
     sub.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest accepted upload (default 2048 MB)")
 

@@ -168,3 +168,8 @@ def test_prediction_uploads_stay_in_the_store_and_leftovers_are_cleaned(client: 
     alive.mkdir()
     clean_temp_area(store)
     assert not dead.exists() and alive.exists()
+
+
+def test_job_errors_name_the_store_without_its_path(client: TestClient, store: Store) -> None:
+    job = store.update_job(store.create_job("evaluate", {"version": 1}).id, state="failed", error=f"cannot read {store.path}/models/1")
+    assert client.get(f"{API}/jobs/{job.id}").json()["error"] == f"cannot read {store.name}/models/1"

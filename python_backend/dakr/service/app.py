@@ -21,7 +21,7 @@ from dakr import __version__
 from dakr.config import ConfigError
 from dakr.data.errors import DataError, SiteValidationError
 from dakr.service import routes_audit, routes_info, routes_jobs, routes_models, routes_sites
-from dakr.service.context import ServiceContext, clean_temp_area
+from dakr.service.context import ServiceContext, clean_temp_area, public_message
 from dakr.service.failures import storage_failure
 from dakr.service.jobs import JobConflict, JobRunner
 from dakr.service.schemas import ErrorOut
@@ -46,7 +46,9 @@ API_PREFIX = "/api/v1"
 #: Largest request body (all uploaded files together) accepted by default.
 DEFAULT_MAX_UPLOAD_MB = 2048.0
 #: Every route answers an invalid request with 422 and one message (not FastAPI's list of errors).
-_INVALID_REQUEST: dict[int | str, dict[str, Any]] = {422: {"model": ErrorOut, "description": "invalid request; the message says which field"}}
+_INVALID_REQUEST: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorOut, "description": "invalid request; the message says which field"}
+}
 #: Seconds a cancelled worker gets to checkpoint and exit before its process group is killed.
 DEFAULT_CANCEL_GRACE_S = 20.0
 
@@ -101,7 +103,9 @@ def create_app(
     if token is not None:
         app.add_middleware(BearerTokenGuard, token=token)
     if origins:
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["Authorization", "Content-Type"]
+        )
     app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts, allowed_origins=origins)
     app.state.context = ServiceContext(store=store, runner=runner, loopback=loopback)
     for module in (routes_info, routes_sites, routes_jobs, routes_models, routes_audit):
@@ -118,8 +122,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     """
 
     def reply(request: Request, status_code: int, message: str, **extra: Any) -> Response:
-        store = request.app.state.context.store
-        return JSONResponse({"detail": message.replace(str(store.path), store.name), **extra}, status_code=status_code)
+        return JSONResponse({"detail": public_message(request.app.state.context.store, message), **extra}, status_code=status_code)
 
     def detail(status_code: int) -> Callable[[Request, Exception], Awaitable[Response]]:
         async def handler(request: Request, exc: Exception) -> Response:

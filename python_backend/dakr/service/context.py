@@ -25,6 +25,11 @@ class ServiceContext:
     loopback: bool
 
 
+def public_message(store: Store, text: str) -> str:
+    """``text`` with the store's absolute path replaced by its folder name (for remote clients)."""
+    return text.replace(str(store.path), store.name)
+
+
 def temp_folder(store: Store) -> Path:
     """A new folder in the store's temp area (same disk as the store); delete it when done."""
     folder = store.temp_file()

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from dakr import pipeline
 from dakr.continual.strategies import get_strategy
 from dakr.progress import read_events
-from dakr.service.context import ServiceContext, get_context, job_or_404
+from dakr.service.context import ServiceContext, get_context, job_or_404, public_message
 from dakr.service.job_files import EVENTS_FILE, LOG_FILE, last_event, tail_lines
 from dakr.service.schemas import MAX_INT, AdaptJobIn, ConflictOut, ErrorOut, EventsOut, JobCreatedOut, JobOut, LogOut
 from dakr.service.security import safe_name
@@ -21,7 +21,7 @@ _CONFLICT = {409: {"model": ConflictOut, "description": "a training job is alrea
 
 
 def job_out(store: Store, job: JobRecord) -> JobOut:
-    """A job with its latest progress event."""
+    """A job with its latest progress event; its error names the store without its absolute path."""
     event = last_event(store.job_dir(job.id) / EVENTS_FILE)
     return JobOut(
         id=job.id,
@@ -31,7 +31,7 @@ def job_out(store: Store, job: JobRecord) -> JobOut:
         progress=event,
         created=job.created,
         updated=job.updated,
-        error=job.error,
+        error=public_message(store, job.error) if job.error else None,
         result=job.result,
     )
 

@@ -113,7 +113,8 @@ def _run_job(store: Store, job: JobRecord) -> int:
         progress(ProgressEvent(stage="queued", message=f"waiting for the store: {busy}"))
 
     try:
-        with store.writer_lock(f"dakr worker, {job.kind} job {job_id}", wait_s=math.inf, on_wait=waiting, should_stop=stop.is_set):
+        holder = f"dakr worker, {job.kind} job {job_id}"
+        with store.writer_lock(holder, wait_s=math.inf, on_wait=waiting, should_stop=stop.is_set):
             store.update_job(job_id, state="running", error=None)
             log.info("job %s (%s) %s with params %s", job_id, job.kind, "resumed" if resume else "started", job.params)
             result = _run(store, job, progress, job_dir / WORK_DIR, resume, stop)
