@@ -12,10 +12,10 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from dakr import __version__
 from dakr.config import ConfigError
@@ -122,7 +122,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     """
 
     def reply(request: Request, status_code: int, message: str, **extra: Any) -> Response:
-        return JSONResponse({"detail": public_message(request.app.state.context.store, message), **extra}, status_code=status_code)
+        body = {"detail": public_message(request.app.state.context.store, message), **extra}
+        return JSONResponse(body, status_code=status_code)
 
     def detail(status_code: int) -> Callable[[Request, Exception], Awaitable[Response]]:
         async def handler(request: Request, exc: Exception) -> Response:
