@@ -164,7 +164,7 @@ def test_prediction_uploads_stay_in_the_store_and_leftovers_are_cleaned(client: 
     assert list(store.temp_path.iterdir()) == []
     dead = store.temp_path / ".tmp-999999999-left"
     dead.mkdir()
-    alive = store.temp_file()
+    alive = store.temp_name()
     alive.mkdir()
     clean_temp_area(store)
     assert not dead.exists() and alive.exists()

@@ -32,7 +32,7 @@ def public_message(store: Store, text: str) -> str:
 
 def temp_folder(store: Store) -> Path:
     """A new folder in the store's temp area (same disk as the store); delete it when done."""
-    folder = store.temp_file()
+    folder = store.temp_name()
     folder.mkdir()
     return folder
 

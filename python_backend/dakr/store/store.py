@@ -139,10 +139,10 @@ class Store:
         """The folder for temporary files of the server, on the store's own disk."""
         return self.path / "tmp"
 
-    def temp_file(self, suffix: str = "") -> Path:
+    def temp_name(self) -> Path:
         """A new name in :attr:`temp_path`; it carries this process's id so leftovers can be told apart."""
         self.temp_path.mkdir(exist_ok=True)
-        return self.temp_path / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}{suffix}"
+        return self.temp_path / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
 
     @contextmanager
     def writer_lock(
@@ -438,12 +438,14 @@ class Store:
     def write_prediction(self, version: int, site: str, case_id: str, image: sitk.Image) -> Path:
         """Cache a prediction at :meth:`prediction_path`, unless the site is (or gets) purged.
 
-        The file is written into :attr:`temp_path` and renamed into place inside a transaction
+        The file is written below :attr:`temp_path` and renamed into place inside a transaction
         that checks the site, so a purge either sees the file and deletes it or makes this
         write fail with :class:`SitePurgedError`; a purged site's predictions never reappear.
         """
         target = self.prediction_path(version, site, case_id)
-        temp = self.temp_file(".nii.gz")
+        folder = self.temp_name()
+        folder.mkdir()
+        temp = folder / target.name
         try:
             write_image(image, temp)
             with transaction(self._db) as conn:
@@ -453,7 +455,7 @@ class Store:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(temp, target)
         finally:
-            temp.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
         fsync_dir(target.parent)
         return target
 
