@@ -9,6 +9,7 @@ answer at once. Each verb group registers itself in one small ``add_*_verbs`` fu
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -137,11 +138,23 @@ def add_site_verbs(verbs: Verbs) -> None:
 
 
 # -- training and evaluation ---------------------------------------------------------------------
-def cmd_adapt(args: argparse.Namespace) -> int:
-    if args.nproc > 1:
-        from dakr.distributed import launch
+def _command_line() -> str:
+    """This command as typed, to name the holder of the store's writer lock."""
+    return " ".join(["dakr", *sys.argv[1:]])
 
-        return launch(args)
+
+def cmd_adapt(args: argparse.Namespace) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _adapt(args)  # one rank of `--nproc N`: the launching process holds the writer lock
+    with _store(args.store).writer_lock(_command_line()):
+        if args.nproc > 1:
+            from dakr.distributed import launch
+
+            return launch(args)
+        return _adapt(args)
+
+
+def _adapt(args: argparse.Namespace) -> int:
     from dakr.distributed import init_from_environment, shutdown
     from dakr.pipeline import adapt
     from dakr.progress import ConsoleProgress
@@ -191,8 +204,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not targets:
         raise UsageError(f"store {args.store} has no model versions yet; run `dakr adapt` first")
     use_torch_threads(args.threads)
-    for version in targets:
-        evaluate_version(store, version, progress=ConsoleProgress(), only_missing=not args.force)
+    with store.writer_lock(_command_line()):
+        for version in targets:
+            evaluate_version(store, version, progress=ConsoleProgress(), only_missing=not args.force)
     _print_matrix(store, args.version)
     return 0
 
@@ -337,31 +351,46 @@ def add_model_verbs(verbs: Verbs) -> None:
 # -- service -------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     from dakr.service import serve_main
+    from dakr.service.security import TOKEN_ENV, ServiceConfigError, read_token
 
-    return serve_main(args.store, host=args.host, port=args.port, token=_token(args), max_upload_mb=args.max_upload_mb)
-
-
-def _token(args: argparse.Namespace) -> str | None:
-    if not args.token_file:
-        return args.token
-    try:
-        return Path(args.token_file).read_text(encoding="utf-8").strip()
-    except OSError as exc:
+    if args.token is not None:
         raise UsageError(
-            f"cannot read the token file {args.token_file}: {exc.strerror}. "
-            "Fix: write the token (16 or more characters) into that file, or pass --token"
-        ) from exc
+            f"--token is refused: command lines are visible to every user of the machine (ps). "
+            f"Fix: put the token in a file only you can read and pass --token-file FILE, or set {TOKEN_ENV}"
+        )
+    try:
+        token = read_token(args.token_file)
+    except ServiceConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    return serve_main(
+        args.store,
+        host=args.host,
+        port=args.port,
+        token=token,
+        allow_hosts=args.allow_host or (),
+        allow_origins=args.allow_origin or (),
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        max_upload_mb=args.max_upload_mb,
+    )
 
 
 def add_service_verbs(verbs: Verbs) -> None:
     """``serve``."""
     sub = _verb(verbs, "serve", cmd_serve, "run the HTTP API for the Slicer module")
     sub.add_argument("store")
-    sub.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback requires a token)")
+    sub.add_argument("--host", default="127.0.0.1", help="bind address (non-loopback requires a token and TLS)")
     sub.add_argument("--port", type=int, default=8000)
-    token = sub.add_mutually_exclusive_group()
-    token.add_argument("--token", help="bearer token clients must send (16 or more characters)")
-    token.add_argument("--token-file", help="file holding the bearer token (16 or more characters)")
+    sub.add_argument("--token", help=argparse.SUPPRESS)
+    sub.add_argument(
+        "--token-file", help="file (mode 600) holding the bearer token clients must send (16 or more characters); or set DAKR_TOKEN"
+    )
+    sub.add_argument("--ssl-certfile", help="TLS certificate (PEM); serves https")
+    sub.add_argument("--ssl-keyfile", help="TLS private key (PEM) of --ssl-certfile")
+    sub.add_argument("--allow-host", action="append", metavar="NAME", help="a host name clients use for this server (repeatable)")
+    sub.add_argument(
+        "--allow-origin", action="append", metavar="ORIGIN", help="a web page origin allowed to call the API (repeatable)"
+    )
     sub.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest accepted upload (default 2048 MB)")
 
 

@@ -12,9 +12,11 @@ Run as ``python -m dakr.isolation RESULT_FILE MEMORY_BYTES`` with the request as
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -48,8 +50,10 @@ def register_site_isolated(
 
     Raises ``SiteValidationError`` (the data's problems),
     ``StoreError`` or ``ValueError`` (refused by the store), :class:`ImageTooLargeError`
-    (reading needs more memory than allowed) or :class:`CheckAbortedError` (time limit or
-    crash; the store's atomic writes leave nothing registered then).
+    (reading needs more memory than allowed), ``OSError`` or ``sqlite3.OperationalError``
+    (the child's full disk or storage I/O error, raised again here with its cause) or
+    :class:`CheckAbortedError` (time limit or crash; the store's atomic writes leave nothing
+    registered then).
     """
     request = {
         "task": "register",
@@ -101,6 +105,8 @@ def _run(request: dict[str, Any], subject: str, limits: ImageLimits) -> dict[str
             f"reading the volumes needs more memory than the limit of {limits.describe_memory()}",
             "send smaller volumes, or raise the limit where the server runs",
         )
+    if "storage" in result:
+        raise _storage_error(result)
     if "refused" in result:
         from dakr.store import StoreError  # the store imports torch; the image-checking child never needs it
 
@@ -122,6 +128,13 @@ def _crash(subject: str, completed: subprocess.CompletedProcess[bytes], limits: 
         f"the process checking the volumes {how} ({detail[0]}); its memory limit is {limits.describe_memory()}",
         "check that the files are complete NIfTI, NRRD or MHA volumes; if they are, send smaller volumes or raise the limit",
     )
+
+
+def _storage_error(result: dict[str, Any]) -> Exception:
+    """The child's full disk or storage I/O error as the exception the store raised there."""
+    if result["storage"] == "sqlite":
+        return sqlite3.OperationalError(result["message"])
+    return OSError(result["errno"], result["message"])
 
 
 def _error(problem: dict[str, str]) -> DataError:
@@ -160,6 +173,12 @@ def _register(request: dict[str, Any]) -> dict[str, Any]:
         Store.open(request["store"]).add_site(request["name"], spec, audit_fraction=request["audit_fraction"], seed=request["seed"])
     except StoreError as exc:
         return {"refused": "store", "message": str(exc)}
+    except sqlite3.OperationalError as exc:
+        return {"storage": "sqlite", "message": str(exc)}
+    except OSError as exc:
+        if exc.errno == errno.ENOMEM:
+            return {"memory": True}
+        return {"storage": "os", "errno": exc.errno, "message": exc.strerror or str(exc)}
     return {}
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from dakr.config import ExperimentConfig
 from dakr.continual.buffer import ReplayBuffer, update_buffer
 from dakr.continual.strategies import get_strategy
-from dakr.data.io import read_image, write_image
+from dakr.data.io import read_image
 from dakr.data.preprocessing import PreprocessedCase, check_prediction_grid, preprocess_case
 from dakr.data.sampling import PatchSampler
 from dakr.evaluation.metrics import dice_per_class, hd95_per_class
@@ -308,7 +308,7 @@ def evaluate_version(
     for index, (site, case) in enumerate(work, start=1):
         image, truth = read_image(case.image_path), read_image(case.label_path)
         prediction = predict_volume(model, image, config, values, device or default_device())
-        write_image(prediction, store.prediction_path(version_id, site, case.case_id))
+        store.write_prediction(version_id, site, case.case_id, prediction)
         predicted, reference = sitk.GetArrayFromImage(prediction), sitk.GetArrayFromImage(truth)
         foreground = [v for v in values if v != 0]
         dice = dice_per_class(predicted, reference, foreground)
@@ -343,7 +343,7 @@ def audit_prediction(store: Store, version: int, site: str, case_id: str) -> Pat
         record = next((c for c in store.cases(site) if c.case_id == case_id), None)
         if record is None or record.image_path is None:
             raise StoreError(f"case {case_id!r} of site {site!r} is not stored (unknown or purged)")
-        write_image(predict_image(store, read_image(record.image_path), version), path)
+        store.write_prediction(version, site, case_id, predict_image(store, read_image(record.image_path), version))
     return path
 
 

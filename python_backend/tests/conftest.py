@@ -13,6 +13,7 @@ from dakr.service import create_app
 from dakr.store import Store
 
 from synthetic import SITE_CONTRASTS, write_site
+from test_service_support import local_client
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +34,6 @@ def registered_store(tmp_path, synthetic_sites) -> Store:
 
 @pytest.fixture
 def client(store: Store) -> Iterator[TestClient]:
-    """An API client of a default app on the requesting module's ``store`` fixture."""
-    with TestClient(create_app(store.path)) as test_client:
+    """An API client of a default app on the requesting module's ``store`` fixture, addressing it as ``127.0.0.1``."""
+    with local_client(create_app(store.path)) as test_client:
         yield test_client

@@ -6,12 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from dakr.data import SiteValidationError, discover_site, validate_name, validate_site
 from dakr.service import create_app
 from dakr.store import Store, StoreError
-from test_service_support import upload_files, write_site
+from test_service_support import local_client, upload_files, write_site
 
 API = "/api/v1"
 
@@ -66,7 +65,7 @@ def test_a_reserved_case_id_is_refused(tmp_path: Path) -> None:
 def test_service_refuses_case_twins_and_reserved_names(tmp_path: Path) -> None:
     store = Store.init(tmp_path / "store")
     folder = write_site(tmp_path / "site", n_cases=2)
-    with TestClient(create_app(store.path)) as client:
+    with local_client(create_app(store.path)) as client:
         assert client.post(f"{API}/sites", data={"name": "Clinic"}, files=upload_files(folder)).status_code == 201
         twin = client.post(f"{API}/sites", data={"name": "CLINIC"}, files=upload_files(folder))
         assert twin.status_code == 409

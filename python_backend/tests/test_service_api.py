@@ -12,7 +12,6 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,16 @@ from dakr.data.site import discover_site
 from dakr.progress import JsonLinesProgress, ProgressEvent
 from dakr.service import create_app, serve_main
 from dakr.service.job_files import EVENTS_FILE, LOG_FILE
-from dakr.service.processes import SPAWN_OPTIONS
 from dakr.service.security import ServiceConfigError, is_loopback
-from dakr.store import JobRecord, Store
+from dakr.store import Store
 from test_service_support import (
     LABELS,
     add_tiny_version,
     case_volumes,
     decoded,
     encoded,
+    fake_worker,
+    local_client,
     record_dice,
     upload_files,
     volume,
@@ -67,20 +67,8 @@ def populated(tmp_path: Path, store: Store) -> Store:
 
 @pytest.fixture
 def populated_client(populated: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(populated.path)) as test_client:
+    with local_client(create_app(populated.path)) as test_client:
         yield test_client
-
-
-@contextmanager
-def fake_worker(store: Store, params: dict, kind: str = "adapt") -> Iterator[tuple[JobRecord, subprocess.Popen]]:
-    """A running job whose 'worker' is a sleeping process in its own group (its argv names the job)."""
-    job = store.create_job(kind, params)
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", job.id], **SPAWN_OPTIONS)
-    try:
-        yield store.update_job(job.id, state="running", pid=process.pid), process
-    finally:
-        process.kill()
-        process.wait()
 
 
 def audit_case(store: Store, site: str) -> str:
@@ -133,7 +121,7 @@ def test_openapi_schema_documents_every_route_with_response_models(store: Store)
 
 # -- security ------------------------------------------------------------------------------------
 def test_token_is_required_on_every_route(store: Store) -> None:
-    with TestClient(create_app(store.path, token=TOKEN)) as client:
+    with local_client(create_app(store.path, token=TOKEN)) as client:
         missing = client.get(f"{API}/info")
         assert missing.status_code == 401
         assert "Authorization: Bearer" in missing.json()["detail"]
@@ -142,8 +130,10 @@ def test_token_is_required_on_every_route(store: Store) -> None:
         assert client.get(f"{API}/sites", headers={"Authorization": f"Bearer {TOKEN}x"}).status_code == 401
         assert client.post(f"{API}/models/1/activate").status_code == 401
         assert client.get(f"{API}/info", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-        assert client.get("/openapi.json").status_code == 404
-        assert client.get("/docs").status_code == 404
+        authorised = {"Authorization": f"Bearer {TOKEN}"}
+        for path in ("/openapi.json", "/docs"):
+            assert client.get(path).status_code == 401
+            assert client.get(path, headers=authorised).status_code == 404
 
 
 def test_refuses_a_non_loopback_server_without_token(store: Store) -> None:
@@ -235,7 +225,7 @@ def test_uploaded_label_names_are_used(client: TestClient, tmp_path: Path) -> No
 
 def test_oversized_upload_is_refused_with_413(store: Store, tmp_path: Path) -> None:
     files = upload_files(write_site(tmp_path / "site"))
-    with TestClient(create_app(store.path, max_upload_mb=0.01)) as client:
+    with local_client(create_app(store.path, max_upload_mb=0.01)) as client:
         response = client.post(f"{API}/sites", data={"name": "A"}, files=files)
         assert response.status_code == 413
         assert "limit of 0.01 MB" in response.json()["detail"]
@@ -314,7 +304,7 @@ def test_register_site_from_server_path(client: TestClient, tmp_path: Path) -> N
 
 def test_server_path_registration_is_refused_off_loopback(store: Store, tmp_path: Path) -> None:
     site = write_site(tmp_path / "site")
-    with TestClient(create_app(store.path, token=TOKEN, loopback=False)) as client:
+    with local_client(create_app(store.path, token=TOKEN, loopback=False)) as client:
         response = client.post(
             f"{API}/sites/from-path", json={"name": "A", "path": str(site)}, headers={"Authorization": f"Bearer {TOKEN}"}
         )
@@ -380,7 +370,7 @@ def test_jobs_left_running_by_a_dead_server_are_marked_interrupted(store: Store)
     running = store.update_job(store.create_job("adapt", {"site": "A"}).id, state="running", pid=dead.pid)
     queued = store.create_job("evaluate", {"version": 1})
     finished = store.update_job(store.create_job("evaluate", {"version": 1}).id, state="succeeded", result={"version": 1})
-    with TestClient(create_app(store.path)) as client:
+    with local_client(create_app(store.path)) as client:
         jobs = {job["id"]: job for job in client.get(f"{API}/jobs").json()}
     assert jobs[running.id]["state"] == "interrupted"
     assert jobs[queued.id]["state"] == "interrupted"
@@ -493,7 +483,7 @@ def test_predict_keeps_format_and_geometry(populated_client: TestClient, suffix:
 
 def test_predict_errors(populated_client: TestClient, tmp_path: Path) -> None:
     data = encoded(case_volumes(0)[0])
-    with TestClient(create_app(Store.init(tmp_path / "empty").path)) as empty_client:
+    with local_client(create_app(Store.init(tmp_path / "empty").path)) as empty_client:
         no_model = empty_client.post(f"{API}/predict", files={"file": ("scan.nii.gz", data)})
     assert no_model.status_code == 409
     assert "no model yet" in no_model.json()["detail"]

@@ -13,7 +13,7 @@ import dakr.service.jobs as jobs_module
 from dakr.data.site import discover_site
 from dakr.service import create_app
 from dakr.store import Store
-from test_service_support import add_tiny_version, write_site
+from test_service_support import add_tiny_version, local_client, write_site
 
 API = "/api/v1"
 ASSET = re.compile(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""")
@@ -21,7 +21,7 @@ ASSET = re.compile(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""")
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
 def test_docs_load_only_local_assets(tmp_path: Path, page: str) -> None:
-    with TestClient(create_app(Store.init(tmp_path / "store").path)) as client:
+    with local_client(create_app(Store.init(tmp_path / "store").path)) as client:
         html = client.get(page)
         assert html.status_code == 200
         urls = ASSET.findall(html.text)
@@ -35,8 +35,9 @@ def test_docs_load_only_local_assets(tmp_path: Path, page: str) -> None:
 
 
 def test_docs_are_off_with_a_token(tmp_path: Path) -> None:
-    app = create_app(Store.init(tmp_path / "store").path, token="a-test-token-of-sufficient-length")
-    with TestClient(app) as client:
+    token = "a-test-token-of-sufficient-length"
+    app = create_app(Store.init(tmp_path / "store").path, token=token)
+    with local_client(app, headers={"Authorization": f"Bearer {token}"}) as client:
         assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
 
 
@@ -53,7 +54,7 @@ def started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[TestClient
         return [sys.executable, "-c", "pass", job_id]
 
     monkeypatch.setattr(jobs_module, "worker_command", stand_in)
-    with TestClient(create_app(store.path)) as client:
+    with local_client(create_app(store.path)) as client:
         yield client, store, threads
 
 

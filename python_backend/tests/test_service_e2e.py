@@ -36,9 +36,12 @@ def free_port() -> int:
 def server(store_path: Path, log_path: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen]]:
     """A ``dakr serve`` process with a token; yields an authenticated client and the process."""
     port = free_port()
+    token_file = log_path.with_name("token")
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dakr", "serve", str(store_path), "--port", str(port), "--token", TOKEN],
+            [sys.executable, "-m", "dakr", "serve", str(store_path), "--port", str(port), "--token-file", str(token_file)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -19,7 +19,7 @@ from dakr.service import create_app
 from dakr.service.job_files import WORK_DIR, tail_lines
 from dakr.service.processes import SPAWN_OPTIONS
 from dakr.store import Store
-from test_service_support import TINY_CONFIG, add_tiny_version, wait_for, write_site
+from test_service_support import TINY_CONFIG, add_tiny_version, local_client, wait_for, write_site
 
 API = "/api/v1"
 FINAL_STATES = ("succeeded", "failed", "cancelled", "interrupted")
@@ -36,7 +36,7 @@ def store(tmp_path: Path) -> Store:
 
 @pytest.fixture
 def client(store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(store.path, cancel_grace_s=30.0)) as test_client:
+    with local_client(create_app(store.path, cancel_grace_s=30.0)) as test_client:
         yield test_client
 
 
@@ -184,7 +184,7 @@ def test_monitor_records_workers_that_die_without_reporting(
     store: Store, monkeypatch: pytest.MonkeyPatch, script: str, state: str, message: str
 ) -> None:
     monkeypatch.setattr(jobs_module, "worker_command", lambda store_path, job_id, threads: [sys.executable, "-c", script, job_id])
-    with TestClient(create_app(store.path)) as client:
+    with local_client(create_app(store.path)) as client:
         add_tiny_version(store, "A", None)
         job_id = client.post(f"{API}/models/1/evaluate").json()["job_id"]
         job = wait_until_final(client, job_id, timeout_s=20)
@@ -199,7 +199,7 @@ def test_cancel_kills_a_worker_that_ignores_sigterm_after_the_grace_period(store
     try:
         assert process.stdout.readline().strip() == b"ready"
         store.update_job(job.id, state="running", pid=process.pid)
-        with TestClient(create_app(store.path, cancel_grace_s=0.5)) as client:
+        with local_client(create_app(store.path, cancel_grace_s=0.5)) as client:
             assert client.post(f"{API}/jobs/{job.id}/cancel").status_code == 200
             assert process.wait(timeout=15) == -signal.SIGKILL
             final = wait_until_final(client, job.id, timeout_s=10)

@@ -7,19 +7,26 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
 from dakr.config import ExperimentConfig, apply_overrides
 from dakr.nets import build_network
 from dakr.pipeline import NETWORK_PREFIX
-from dakr.store import EvaluationRecord, Store, VersionInfo
+from dakr.service.processes import SPAWN_OPTIONS
+from dakr.store import EvaluationRecord, JobRecord, Store, VersionInfo
 
 LABELS = {"background": 0, "A": 1, "B": 2}
 SPACING = (0.9, 1.1, 2.0)
@@ -38,6 +45,11 @@ TINY_CONFIG: dict[str, Any] = {
     "continual.buffer_samples": 8,
     "continual.buffer_batch_size": 2,
 }
+
+
+def local_client(app: FastAPI, **kwargs: Any) -> TestClient:
+    """A test client that addresses the app as the local Slicer module does (``Host: 127.0.0.1``)."""
+    return TestClient(app, base_url="http://127.0.0.1", **kwargs)
 
 
 def volume(array: np.ndarray) -> sitk.Image:
@@ -133,3 +145,15 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, interval
 
 def as_upload(name: str, data: bytes) -> tuple[str, io.BytesIO, str]:
     return name, io.BytesIO(data), "application/octet-stream"
+
+
+@contextmanager
+def fake_worker(store: Store, params: dict, kind: str = "adapt") -> Iterator[tuple[JobRecord, subprocess.Popen]]:
+    """A running job whose 'worker' is a sleeping process in its own group (its argv names the job)."""
+    job = store.create_job(kind, params)
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", job.id], **SPAWN_OPTIONS)
+    try:
+        yield store.update_job(job.id, state="running", pid=process.pid), process
+    finally:
+        process.kill()
+        process.wait()

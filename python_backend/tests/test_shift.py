@@ -111,11 +111,10 @@ def test_cli_check_predict_and_rank(shift_store, tmp_path, capsys):
 
 
 def test_api_check_and_predict_headers(shift_store):
-    from fastapi.testclient import TestClient
-
     from dakr.service import create_app
+    from test_service_support import local_client
 
-    with TestClient(create_app(shift_store.path)) as client:
+    with local_client(create_app(shift_store.path)) as client:
         check = client.get("/api/v1/sites/siteX/check")
         assert check.status_code == 200, check.text
         assert check.json()["unlike_known"] is True and "adapt" in check.json()["verdict"]

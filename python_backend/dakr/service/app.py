@@ -3,26 +3,43 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from dakr import __version__
 from dakr.config import ConfigError
 from dakr.data.errors import DataError, ImageGridError, SiteValidationError
 from dakr.service import routes_audit, routes_info, routes_jobs, routes_models, routes_shift, routes_sites
-from dakr.service.context import ServiceContext
+from dakr.service.context import ServiceContext, clean_temp_area, public_message
 from dakr.service.docs import add_offline_docs
-from dakr.service.jobs import JobConflict, JobRunner, JobStateError
+from dakr.service.failures import storage_failure
+from dakr.service.jobs import JobConflict, JobRunner
+from dakr.service.schemas import ErrorOut
 from dakr.service.uploads import UploadLimitMiddleware
-from dakr.service.security import ServiceConfigError, bearer_token_dependency, check_bind, is_loopback
-from dakr.store import Store, StoreError
+from dakr.service.security import (
+    LOCAL_HOST_NAMES,
+    BearerTokenGuard,
+    HostOriginGuard,
+    ServiceConfigError,
+    allowed_host_names,
+    check_bind,
+    check_reachable,
+    check_tls,
+    is_loopback,
+)
+from dakr.store import SitePurgedError, Store, StoreError
+from dakr.store.lock import StoreBusy
 from dakr.threads import use_torch_threads
 
 log = logging.getLogger(__name__)
@@ -31,6 +48,10 @@ API_PREFIX = "/api/v1"
 OPENAPI_URL = "/openapi.json"
 #: Largest request body (all uploaded files together) accepted by default.
 DEFAULT_MAX_UPLOAD_MB = 2048.0
+#: Every route answers an invalid request with 422 and one message (not FastAPI's list of errors).
+_INVALID_REQUEST: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorOut, "description": "invalid request; the message says which field"}
+}
 #: Seconds a cancelled worker gets to checkpoint and exit before its process group is killed.
 DEFAULT_CANCEL_GRACE_S = 20.0
 
@@ -40,6 +61,8 @@ def create_app(
     *,
     token: str | None = None,
     loopback: bool = True,
+    allowed_hosts: Iterable[str] = LOCAL_HOST_NAMES,
+    allowed_origins: Iterable[str] = (),
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S,
 ) -> FastAPI:
@@ -48,8 +71,10 @@ def create_app(
     ``loopback`` says the server listens only on this machine; otherwise a ``token`` is
     required (:class:`ServiceConfigError`). With a token every request must carry
     ``Authorization: Bearer <token>`` and the interactive docs are off; without one ``/docs``
-    and ``/redoc`` are served from packaged assets. Jobs left running by
-    a previous server whose worker is gone are marked ``interrupted`` at startup.
+    and ``/redoc`` are served from packaged assets. Requests must name one of ``allowed_hosts``
+    in their ``Host`` header; state-changing requests from a web page must come from the
+    server's own origin or one of ``allowed_origins`` (which also get CORS). Jobs left running
+    by a previous server whose worker is gone are marked ``interrupted`` at startup.
     """
     check_bind(loopback, token)
     if max_upload_mb <= 0:
@@ -59,6 +84,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        clean_temp_area(store)
         runner.start()
         try:
             yield
@@ -76,41 +102,76 @@ def create_app(
     )
     if token is None:
         add_offline_docs(app, OPENAPI_URL)
+    origins = list(allowed_origins)
+    # Added innermost first: the Host/Origin guard runs first, the upload limit last.
     app.add_middleware(UploadLimitMiddleware, max_mb=max_upload_mb)
+    if token is not None:
+        app.add_middleware(BearerTokenGuard, token=token)
+    if origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["Authorization", "Content-Type"]
+        )
+    app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts, allowed_origins=origins)
     app.state.context = ServiceContext(store=store, runner=runner, loopback=loopback)
-    dependencies = [Depends(bearer_token_dependency(token))] if token is not None else []
     for module in (routes_info, routes_sites, routes_jobs, routes_models, routes_audit, routes_shift):
-        app.include_router(module.router, prefix=API_PREFIX, dependencies=dependencies)
+        app.include_router(module.router, prefix=API_PREFIX, responses=_INVALID_REQUEST)
     _install_error_handlers(app)
     return app
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    """Every error as ``{"detail": "<what went wrong and what to do>"}``."""
+    """Every error as ``{"detail": "<what went wrong and what to do>"}``, never a bare 500 for bad input.
+
+    A full disk answers 507 and a storage I/O error 503, whatever exception carries them.
+    Messages name the store by its folder name, never by its absolute path.
+    """
+
+    def reply(request: Request, status_code: int, message: str, **extra: Any) -> Response:
+        body = {"detail": public_message(request.app.state.context.store, message), **extra}
+        return JSONResponse(body, status_code=status_code)
 
     def detail(status_code: int) -> Callable[[Request, Exception], Awaitable[Response]]:
         async def handler(request: Request, exc: Exception) -> Response:
-            return JSONResponse({"detail": str(exc)}, status_code=status_code)
+            failure = storage_failure(exc, request.app.state.context.store.name)
+            if failure is not None:
+                return reply(request, failure.status, failure.message)
+            return reply(request, status_code, str(exc))
 
         return handler
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        response = reply(request, exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
     async def conflict(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, JobConflict)
-        return JSONResponse({"detail": str(exc), "job_id": exc.job_id}, status_code=409)
+        return reply(request, 409, str(exc), job_id=exc.job_id)
 
     async def invalid_request(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors())
-        return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
+        return reply(request, 422, f"invalid request: {problems}")
+
+    async def storage(request: Request, exc: Exception) -> Response:
+        failure = storage_failure(exc, request.app.state.context.store.name)
+        if failure is None:
+            raise exc
+        return reply(request, failure.status, failure.message)
 
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(JobConflict, conflict)
-    app.add_exception_handler(JobStateError, detail(409))
     app.add_exception_handler(SiteValidationError, detail(422))
     app.add_exception_handler(ImageGridError, detail(422))
     app.add_exception_handler(DataError, detail(400))
     app.add_exception_handler(ConfigError, detail(400))
+    app.add_exception_handler(StoreBusy, detail(409))
+    app.add_exception_handler(SitePurgedError, detail(410))
     app.add_exception_handler(StoreError, detail(400))
+    app.add_exception_handler(OSError, storage)
+    app.add_exception_handler(sqlite3.Error, storage)
 
 
 def serve_main(
@@ -119,20 +180,42 @@ def serve_main(
     host: str = "127.0.0.1",
     port: int = 8000,
     token: str | None = None,
+    allow_hosts: Iterable[str] = (),
+    allow_origins: Iterable[str] = (),
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
 ) -> int:
     """Run the API server until interrupted; returns the exit code (2 for a refused configuration).
 
-    Binding to an address other than loopback needs a ``token``. The server's own predictions use
-    half the usable cores (one at a time), leaving the rest to the job workers it starts.
+    Binding to an address other than loopback needs a ``token`` and TLS (``ssl_certfile`` and
+    ``ssl_keyfile``); requests must address the server by a local name, the bound address or
+    one of ``allow_hosts``. The server's own predictions use half the usable cores (one at a
+    time), leaving the rest to the job workers it starts.
     """
+    loopback = is_loopback(host)
+    hosts = allowed_host_names(host, allow_hosts)
     try:
-        app = create_app(store_path, token=token, loopback=is_loopback(host), max_upload_mb=max_upload_mb)
+        app = create_app(
+            store_path,
+            token=token,
+            loopback=loopback,
+            allowed_hosts=hosts,
+            allowed_origins=allow_origins,
+            max_upload_mb=max_upload_mb,
+        )
+        check_tls(loopback, ssl_certfile, ssl_keyfile)
+        check_reachable(host, hosts)
     except (ServiceConfigError, StoreError) as exc:
         print(f"dakr serve: {exc}", file=sys.stderr)
         return 2
     use_torch_threads(concurrent=2)
     auth = "token required" if token else "no token (loopback only)"
-    print(f"dakr serve: store {Path(store_path).resolve()} on http://{host}:{port}{API_PREFIX} ({auth})", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    scheme = "https" if ssl_certfile else "http"
+    print(
+        f"dakr serve: store {Path(store_path).name!r} on {scheme}://{host}:{port}{API_PREFIX} ({auth}); "
+        f"answers to host names {', '.join(sorted(hosts))}",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="info", ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     return 0

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import HTTPException, Request, status
 
+from dakr.service import processes
 from dakr.service.jobs import JobRunner
 from dakr.service.security import safe_name
 from dakr.store import CaseRecord, JobRecord, SiteInfo, Store, StoreError, VersionInfo
+from dakr.store.files import TEMP_PREFIX
 
 
 @dataclass
@@ -22,6 +26,32 @@ class ServiceContext:
     loopback: bool
     #: Held while the server process itself runs a network (predictions), so requests never stack torch work.
     torch_work: threading.Lock = field(default_factory=threading.Lock)
+
+
+def public_message(store: Store, text: str) -> str:
+    """``text`` with the store's absolute path replaced by its folder name (for remote clients)."""
+    return text.replace(str(store.path), store.name)
+
+
+def temp_folder(store: Store) -> Path:
+    """A new folder in the store's temp area (same disk as the store); delete it when done."""
+    folder = store.temp_name()
+    folder.mkdir()
+    return folder
+
+
+def clean_temp_area(store: Store) -> None:
+    """Delete what dead processes left in the store's temp area (a server or worker that was killed)."""
+    if not store.temp_path.is_dir():
+        return
+    for entry in store.temp_path.iterdir():
+        owner = entry.name.removeprefix(TEMP_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and processes.pid_running(int(owner)):
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def get_context(request: Request) -> ServiceContext:

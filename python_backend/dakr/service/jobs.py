@@ -4,6 +4,10 @@ A worker is ``python -m dakr worker STORE JOB_ID`` in a new process group, so ne
 nor a cancel of a job can take the server down. The worker records its own outcome in the
 store; the runner only steps in when a worker vanished without one (killed, crashed, or the
 server itself restarted), marking the job ``interrupted``, ``failed`` or ``cancelled``.
+
+One training job runs at a time; evaluate jobs run in a bounded pool (``max_evaluations``
+workers, default 1) and the rest wait, ``queued``, without a process. Across processes the
+store's writer lock serialises every worker with the CLI and other servers.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from dakr.service import processes
+from dakr.service.failures import EXIT_STORAGE_FAILED
 from dakr.service.job_files import LOG_FILE
 from dakr.store import Store
 from dakr.store.records import JobRecord
@@ -28,6 +34,10 @@ log = logging.getLogger(__name__)
 
 #: Job kinds that train; only one of them may run at a time.
 TRAINING_KINDS = frozenset({"adapt"})
+#: Job kinds that run in the bounded pool of evaluation workers.
+POOLED_KINDS = frozenset({"evaluate"})
+#: Evaluation workers that may run at once by default.
+DEFAULT_MAX_EVALUATIONS = 1
 #: States of a job whose worker is (or should be) alive.
 ACTIVE_STATES = ("queued", "running")
 #: States from which ``resume`` starts a new worker on the same job.
@@ -35,14 +45,14 @@ RESUMABLE_STATES = ("interrupted", "cancelled")
 
 
 class JobConflict(Exception):
-    """A training job is already running (HTTP 409); ``job_id`` names it."""
+    """A job is in the way of the request (HTTP 409); ``job_id`` names it."""
 
     def __init__(self, message: str, job_id: str) -> None:
         super().__init__(message)
         self.job_id = job_id
 
 
-class JobStateError(Exception):
+class JobStateError(JobConflict):
     """The job's state does not allow the request, e.g. cancelling a finished job (HTTP 409)."""
 
 
@@ -55,16 +65,31 @@ class JobRunner:
     """Starts, cancels, resumes and watches the worker processes of one store's jobs.
 
     ``cancel_grace_s`` is how long a cancelled worker may take to checkpoint and exit before
-    its process group is killed; ``poll_interval_s`` is the monitor's period.
+    its process group is killed; ``poll_interval_s`` is the monitor's period;
+    ``max_evaluations`` bounds the evaluation workers running at once.
     """
 
-    def __init__(self, store: Store, store_path: Path, *, cancel_grace_s: float = 20.0, poll_interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: Store,
+        store_path: Path,
+        *,
+        cancel_grace_s: float = 20.0,
+        poll_interval_s: float = 0.5,
+        max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+    ) -> None:
+        if max_evaluations < 1:
+            raise ValueError(f"max_evaluations must be at least 1, got {max_evaluations}")
         self.store = store
         self.store_path = store_path
         self.cancel_grace_s = cancel_grace_s
         self.poll_interval_s = poll_interval_s
+        self.max_evaluations = max_evaluations
         self._lock = threading.RLock()
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._pooled: set[str] = set()
+        self._pending: deque[str] = deque()
+        self._exit_codes: dict[str, int] = {}
         self._cancel_requested: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,7 +124,7 @@ class JobRunner:
             if kind in TRAINING_KINDS:
                 self._refuse_second_training_job()
             job = self.store.create_job(kind, params)
-            return self._spawn(job.id)
+            return self._start_or_queue(job)
 
     def resume(self, job_id: str) -> JobRecord:
         """Start a new worker for an interrupted or cancelled job; it continues from its checkpoint."""
@@ -109,21 +134,24 @@ class JobRunner:
             if job.state not in RESUMABLE_STATES:
                 raise JobStateError(
                     f"job {job_id} is {job.state}; only interrupted or cancelled jobs can be resumed"
-                    + (" (start a new job instead)" if job.state in ("failed", "succeeded") else "")
+                    + (" (start a new job instead)" if job.state in ("failed", "succeeded") else ""),
+                    job_id,
                 )
             if job.kind in TRAINING_KINDS:
                 self._refuse_second_training_job()
-            self.store.update_job(job_id, state="queued", error=None, pid=None)
-            return self._spawn(job_id)
+            return self._start_or_queue(self.store.update_job(job_id, state="queued", error=None, pid=None))
 
     def cancel(self, job_id: str) -> JobRecord:
         """Ask the job's worker to checkpoint and stop; its group is killed after the grace period."""
         with self._lock:
             job = self.store.job(job_id)
             if job.state not in ACTIVE_STATES:
-                raise JobStateError(f"job {job_id} is {job.state}; only queued or running jobs can be cancelled")
+                raise JobStateError(f"job {job_id} is {job.state}; only queued or running jobs can be cancelled", job_id)
             self._cancel_requested.setdefault(job_id, time.monotonic())
-            if job.pid is not None and self._alive(job):
+            if job_id in self._pending:
+                self._pending.remove(job_id)
+                self._finish(job, None)
+            elif job.pid is not None and self._alive(job):
                 processes.request_stop(job.pid)
             else:
                 self._finish(job, None)
@@ -136,6 +164,27 @@ class JobRunner:
                 return job.id
         return None
 
+    def stop_for_purge(self, site: str) -> None:
+        """Clear the way for purging ``site``: cancel running evaluations, refuse while training runs.
+
+        Raises :class:`JobConflict` naming an active training job (it reads every site's data).
+        Evaluations still waiting for a pool slot stay queued: they start after the purge and
+        skip the purged site.
+        """
+        with self._lock:
+            self.check()
+            training = self.running_training_job()
+            if training is not None:
+                raise JobConflict(
+                    f"training job {training} is active and reads the data of every site; cancel it "
+                    f"(POST /api/v1/jobs/{training}/cancel) or wait for it before purging site {site!r}",
+                    training,
+                )
+            for job in self.store.jobs():
+                if job.kind in POOLED_KINDS and job.state in ACTIVE_STATES and job.id not in self._pending:
+                    log.info("cancelling evaluate job %s to purge site %s", job.id, site)
+                    self.cancel(job.id)
+
     # -- monitoring ---------------------------------------------------------------------------
     def check(self) -> None:
         """One monitor pass: reap exited workers, escalate overdue cancels, mark vanished jobs."""
@@ -145,18 +194,20 @@ class JobRunner:
                 if code is None:
                     continue
                 del self._children[job_id]
-                job = self.store.job(job_id)
-                if job.state in ACTIVE_STATES:
-                    self._finish(job, code)
-                else:
-                    self._cancel_requested.pop(job_id, None)
+                self._pooled.discard(job_id)
+                self._exit_codes[job_id] = code
             for job in self.store.jobs():
                 if job.state not in ACTIVE_STATES:
+                    self._cancel_requested.pop(job.id, None)
+                    self._exit_codes.pop(job.id, None)
+                elif job.id in self._pending:
                     continue
-                if job.id not in self._children and not self._alive(job):
-                    self._finish(job, None)
+                elif job.id not in self._children and not self._alive(job):
+                    self._finish(job, self._exit_codes.get(job.id))
                 else:
                     self._escalate_cancel(job)
+            while self._pending and len(self._pooled) < self.max_evaluations:
+                self._spawn(self._pending.popleft())
 
     def _alive(self, job: JobRecord) -> bool:
         if job.id in self._children:
@@ -172,8 +223,14 @@ class JobRunner:
     def _finish(self, job: JobRecord, exit_code: int | None) -> None:
         """Record the outcome of a job whose worker ended without recording one itself."""
         resume = f"POST /api/v1/jobs/{job.id}/resume continues it from its last checkpoint"
-        if self._cancel_requested.pop(job.id, None) is not None:
+        if self._cancel_requested.get(job.id) is not None:
             state, error = "cancelled", f"cancelled; the worker was stopped before it could report. {resume}"
+        elif exit_code == EXIT_STORAGE_FAILED:
+            state = "interrupted"
+            error = (
+                f"writing to store {self.store.name!r} failed (a full disk or an I/O error), so the worker could not "
+                f"record its outcome; GET /api/v1/jobs/{job.id}/log shows the cause. Free space, then: {resume}"
+            )
         elif exit_code is None:
             state = "interrupted"
             error = f"the worker process is gone (the server or the machine stopped while the job ran). {resume}"
@@ -183,6 +240,8 @@ class JobRunner:
             state = "failed"
             error = f"the worker exited with code {exit_code} without reporting a result; see GET /api/v1/jobs/{job.id}/log"
         self.store.update_job(job.id, state=state, error=error)
+        self._cancel_requested.pop(job.id, None)
+        self._exit_codes.pop(job.id, None)
 
     # -- internals ----------------------------------------------------------------------------
     def _refuse_second_training_job(self) -> None:
@@ -193,6 +252,13 @@ class JobRunner:
                 f"(POST /api/v1/jobs/{running}/cancel) before starting another",
                 running,
             )
+
+    def _start_or_queue(self, job: JobRecord) -> JobRecord:
+        """Start the job's worker, or queue it (no process yet) while the evaluation pool is full."""
+        if job.kind in POOLED_KINDS and len(self._pooled) >= self.max_evaluations:
+            self._pending.append(job.id)
+            return job
+        return self._spawn(job.id)
 
     def _spawn(self, job_id: str) -> JobRecord:
         self._cancel_requested.pop(job_id, None)
@@ -216,6 +282,8 @@ class JobRunner:
                 self.store.update_job(job_id, state="failed", error=error)
                 return self.store.job(job_id)
         self._children[job_id] = process
+        if self.store.job(job_id).kind in POOLED_KINDS:
+            self._pooled.add(job_id)
         self.store.update_job(job_id, pid=process.pid)
         return self.store.job(job_id)
 

@@ -43,13 +43,9 @@ def kill(pid: int) -> None:
 
 def is_worker_alive(pid: int, job_id: str) -> bool:
     """Whether ``pid`` is still the worker of ``job_id`` (a reused pid of another program is not)."""
-    if os.name == "nt":
-        return _windows_process_running(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_running(pid):
         return False
-    except PermissionError:
+    if os.name == "nt":
         return True
     cmdline = Path(f"/proc/{pid}/cmdline")
     if not cmdline.parent.exists():
@@ -58,6 +54,19 @@ def is_worker_alive(pid: int, job_id: str) -> bool:
         return job_id.encode() in cmdline.read_bytes().split(b"\0")
     except OSError:
         return False
+
+
+def pid_running(pid: int) -> bool:
+    """Whether a process with id ``pid`` exists (of any program)."""
+    if os.name == "nt":
+        return _windows_process_running(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def parent_gone(parent_pid: int) -> bool:

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 
 from dakr import pipeline
 from dakr.service.context import ServiceContext, case_or_404, get_context, version_or_404, version_or_active
-from dakr.service.schemas import CaseDiceOut, ErrorOut
+from dakr.service.schemas import MAX_INT, ActiveOrVersion, CaseDiceOut, ErrorOut
 from dakr.store.aggregate import foreground_dice, mean_skipping_nan
 
 router = APIRouter(tags=["audit"])
@@ -48,7 +48,7 @@ def case_label(site: str, case_id: str, context: ServiceContext = Depends(get_co
 def case_prediction(
     site: str,
     case_id: str,
-    version: Annotated[int | None, Query(description="model version (default: the active one)")] = None,
+    version: ActiveOrVersion = None,
     context: ServiceContext = Depends(get_context),
 ) -> FileResponse:
     record = case_or_404(context.store, site, case_id)
@@ -67,8 +67,8 @@ def case_prediction(
 def case_dice(
     site: str,
     case_id: str,
-    before: Annotated[int, Query(description="the earlier version")],
-    after: Annotated[int, Query(description="the later version")],
+    before: Annotated[int, Query(ge=1, le=MAX_INT, description="the earlier version")],
+    after: Annotated[int, Query(ge=1, le=MAX_INT, description="the later version")],
     context: ServiceContext = Depends(get_context),
 ) -> CaseDiceOut:
     """``null`` for a version not evaluated on the case yet (POST /api/v1/models/{id}/evaluate)."""

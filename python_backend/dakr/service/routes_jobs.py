@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from dakr.config import flatten
 from dakr.continual.strategies import get_strategy
 from dakr.progress import read_events
-from dakr.service.context import ServiceContext, get_context, job_or_404
+from dakr.service.context import ServiceContext, get_context, job_or_404, public_message
 from dakr.service.job_files import EVENTS_FILE, LOG_FILE, last_event, tail_lines
-from dakr.service.schemas import AdaptJobIn, ConflictOut, ErrorOut, EventsOut, JobCreatedOut, JobOut, LogOut
+from dakr.service.schemas import MAX_INT, AdaptJobIn, ConflictOut, ErrorOut, EventsOut, JobCreatedOut, JobOut, LogOut
 from dakr.service.security import safe_name
 from dakr.stage_config import stage_config
 from dakr.store import JobRecord, Store, StoreError
@@ -22,7 +22,7 @@ _CONFLICT = {409: {"model": ConflictOut, "description": "a training job is alrea
 
 
 def job_out(store: Store, job: JobRecord) -> JobOut:
-    """A job with its latest progress event."""
+    """A job with its latest progress event; its error names the store without its absolute path."""
     event = last_event(store.job_dir(job.id) / EVENTS_FILE)
     return JobOut(
         id=job.id,
@@ -32,7 +32,7 @@ def job_out(store: Store, job: JobRecord) -> JobOut:
         progress=event,
         created=job.created,
         updated=job.updated,
-        error=job.error,
+        error=public_message(store, job.error) if job.error else None,
         result=job.result,
     )
 
@@ -77,7 +77,7 @@ def get_job(job_id: str, context: ServiceContext = Depends(get_context)) -> JobO
 @router.get(
     "/jobs/{job_id}/events", response_model=EventsOut, responses=_NOT_FOUND, summary="Progress events from index `since` on"
 )
-def job_events(job_id: str, since: Annotated[int, Query(ge=0)] = 0, context: ServiceContext = Depends(get_context)) -> EventsOut:
+def job_events(job_id: str, since: Annotated[int, Query(ge=0, le=MAX_INT)] = 0, context: ServiceContext = Depends(get_context)) -> EventsOut:
     job_or_404(context.store, job_id)
     events = read_events(context.store.job_dir(job_id) / EVENTS_FILE, since)
     return EventsOut(events=events, next=since + len(events))
@@ -94,7 +94,7 @@ def job_log(
 @router.post(
     "/jobs/{job_id}/cancel",
     response_model=JobOut,
-    responses={**_NOT_FOUND, 409: {"model": ErrorOut, "description": "the job is not running"}},
+    responses={**_NOT_FOUND, 409: {"model": ConflictOut, "description": "the job is not running; job_id names it"}},
     summary="Stop a job; training checkpoints first so it can be resumed",
 )
 def cancel_job(job_id: str, context: ServiceContext = Depends(get_context)) -> JobOut:

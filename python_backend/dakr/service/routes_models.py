@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 import zipfile
 from dataclasses import asdict
-from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile, status
@@ -15,8 +13,8 @@ from starlette.background import BackgroundTask
 
 from dakr.data.io import write_image
 from dakr.data.site import case_id_from_image
-from dakr.service.context import ServiceContext, get_context, version_or_404, version_or_active
-from dakr.service.schemas import ErrorOut, JobCreatedOut, MatrixOut, ModelOut
+from dakr.service.context import ServiceContext, get_context, temp_folder, version_or_404, version_or_active
+from dakr.service.schemas import ActiveOrVersion, ErrorOut, JobCreatedOut, MatrixOut, ModelOut, VersionPath
 from dakr.service.security import safe_name
 from dakr.service.uploads import FORMAT_SUFFIXES, check_volume, read_uploaded_volume
 from dakr.shift import predict_with_shift
@@ -51,7 +49,7 @@ def list_models(context: ServiceContext = Depends(get_context)) -> list[ModelOut
     responses=_NOT_FOUND,
     summary="Make a version the active one (rollback)",
 )
-def activate_model(version_id: int, context: ServiceContext = Depends(get_context)) -> ModelOut:
+def activate_model(version_id: VersionPath, context: ServiceContext = Depends(get_context)) -> ModelOut:
     version_or_404(context.store, version_id)
     version = context.store.activate(version_id)
     return model_out(version, _dice_by_version(context).get(version_id, {}))
@@ -63,10 +61,10 @@ def activate_model(version_id: int, context: ServiceContext = Depends(get_contex
     responses={200: {"content": {"application/zip": {}}, "description": "weights.safetensors and config.json"}, **_NOT_FOUND},
     summary="The weights and config of a version as a zip file (the replay buffer, which holds patient data, is left out)",
 )
-def download_model(version_id: int, context: ServiceContext = Depends(get_context)) -> FileResponse:
+def download_model(version_id: VersionPath, context: ServiceContext = Depends(get_context)) -> FileResponse:
     version_or_404(context.store, version_id)
     source = context.store.version_dir(version_id)
-    folder = Path(tempfile.mkdtemp(prefix="dakr-download-"))
+    folder = temp_folder(context.store)
     archive = folder / f"dakr-model-{version_id}.zip"
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
         for name in (WEIGHTS_FILE, CONFIG_FILE):
@@ -82,7 +80,7 @@ def download_model(version_id: int, context: ServiceContext = Depends(get_contex
     responses=_NOT_FOUND,
     summary="Evaluate a version on every site's audit cases (a background job)",
 )
-def evaluate_model(version_id: int, context: ServiceContext = Depends(get_context)) -> JobCreatedOut:
+def evaluate_model(version_id: VersionPath, context: ServiceContext = Depends(get_context)) -> JobCreatedOut:
     version_or_404(context.store, version_id)
     job = context.runner.submit("evaluate", {"version": version_id})
     return JobCreatedOut(job_id=job.id)
@@ -115,7 +113,7 @@ def evaluation_matrix(context: ServiceContext = Depends(get_context)) -> MatrixO
 )
 def predict(
     file: Annotated[UploadFile, File(description="a 3D volume (.nii.gz, .nii, .nrrd, .mha)")],
-    version: Annotated[int | None, Query(description="model version (default: the active one)")] = None,
+    version: ActiveOrVersion = None,
     output: Annotated[
         Literal["labels", "uncertainty"], Query(description="labels, or the voxel-wise normalised entropy (0-1)")
     ] = "labels",
@@ -125,7 +123,7 @@ def predict(
     version_id = version_or_active(context.store, version)
     name = safe_name(file.filename, "file")
     suffix = FORMAT_SUFFIXES[check_volume(name, file.file)]
-    folder = Path(tempfile.mkdtemp(prefix="dakr-predict-"))
+    folder = temp_folder(context.store)
     cleanup = BackgroundTask(shutil.rmtree, folder)
     try:
         source = folder / name

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path, Query
 from pydantic import BaseModel, Field
 
 from dakr.progress import ProgressEvent
+from dakr.store.sites import MAX_SEED
+
+#: Largest integer accepted in a path or query (SQLite's INTEGER range); larger ones get a 422.
+MAX_INT = 2**63 - 1
+#: A model version id in a path.
+VersionPath = Annotated[int, Path(ge=1, le=MAX_INT, description="model version id")]
+#: An optional model version id in a query; the active version when left out.
+ActiveOrVersion = Annotated[int | None, Query(ge=1, le=MAX_INT, description="model version (default: the active one)")]
+#: The seed of a site's frozen train/audit split.
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="seed of the frozen train/audit split")]
 
 #: The unit of every Dice value in the API (people-facing tables show points, i.e. this times 100).
 DICE_UNIT = "as a fraction from 0 to 1 (the CLI, report and README show Dice points: fraction x 100)"
@@ -59,7 +70,7 @@ class SiteFromPathIn(BaseModel):
     name: str
     path: str
     audit_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class CaseOut(BaseModel):

@@ -8,11 +8,18 @@ stops at once. If the server that started it goes away, training checkpoints and
 so no orphan keeps the GPU busy; the restarted server can resume the job. A resumed adapt job
 continues from its own checkpoint and recorded parent, or finishes the version it already stored
 (:mod:`dakr.resume`); it never stores a second one.
+
+A job runs while holding the store's writer lock (:mod:`dakr.store.lock`): while another
+process trains, evaluates or purges in the store, the job stays ``queued`` and its progress
+says whom it waits for. A full disk or an I/O error stops the job as ``interrupted`` with the
+real cause in its record; if even that record cannot be written, the worker exits with
+:data:`~dakr.service.failures.EXIT_STORAGE_FAILED` and the server records it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -26,8 +33,10 @@ from dakr import pipeline
 from dakr.progress import ConsoleProgress, JsonLinesProgress, ProgressCallback, ProgressEvent
 from dakr.resume import has_checkpoint
 from dakr.service import processes
+from dakr.service.failures import EXIT_STORAGE_FAILED, storage_failure
 from dakr.service.job_files import ATTEMPTS_FILE, EVENTS_FILE, WORK_DIR
 from dakr.store import JobRecord, Store, StoreError
+from dakr.store.lock import StoreBusy
 from dakr.store.runs import activation_summary
 from dakr.threads import use_torch_threads
 from dakr.training import TrainingCancelled
@@ -57,11 +66,10 @@ class StopRequest:
         return self.reason is not None
 
     def install(self) -> None:
-        """Handle the stop signal and, for training, watch the parent process."""
+        """Handle the stop signal and watch the parent process."""
         signal.signal(signal.SIGBREAK if os.name == "nt" else signal.SIGTERM, self._on_signal)
-        if self.cooperative:
-            parent = os.getppid()
-            threading.Thread(target=self._watch_parent, args=(parent,), name="dakr-parent-watch", daemon=True).start()
+        parent = os.getppid()
+        threading.Thread(target=self._watch_parent, args=(parent,), name="dakr-parent-watch", daemon=True).start()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.reason = self.reason or "cancel"
@@ -71,7 +79,7 @@ class StopRequest:
     def _watch_parent(self, parent: int) -> None:
         while not processes.parent_gone(parent):
             time.sleep(PARENT_POLL_S)
-        log.warning("the server (pid %d) is gone; checkpointing and stopping", parent)
+        log.warning("the server (pid %d) is gone; %s", parent, "checkpointing and stopping" if self.cooperative else "finishing")
         self.reason = self.reason or "orphaned"
 
 
@@ -87,24 +95,51 @@ def worker_main(store_path: str | Path, job_id: str, *, threads: int | None = No
     except StoreError as exc:
         log.error("%s", exc)
         return 2
+    try:
+        return _run_job(store, job, threads)
+    except Exception as exc:
+        failure = storage_failure(exc, store.name)
+        if failure is None:
+            raise
+        log.error("job %s could not record its outcome: %s", job_id, failure.message)
+        return EXIT_STORAGE_FAILED
+
+
+def _run_job(store: Store, job: JobRecord, threads: int | None) -> int:
+    """Wait for the store's writer lock, run the job with ``threads`` torch threads and record its outcome."""
+    job_id = job.id
     job_dir = store.job_dir(job_id)
     ran_before = _record_attempt(job_dir)
     resume = has_checkpoint(job_dir / WORK_DIR)
     stop = StopRequest(cooperative=job.kind == "adapt")
     stop.install()
-    store.update_job(job_id, state="running", pid=os.getpid(), error=None)
+    store.update_job(job_id, pid=os.getpid())
     how = "resumed from its checkpoint" if resume else "started again (no checkpoint yet)" if ran_before else "started"
-    log.info("job %s (%s) %s with params %s, %d torch threads", job_id, job.kind, how, job.params, use_torch_threads(threads))
+    torch_threads = use_torch_threads(threads)
     progress = _progress(job_dir / EVENTS_FILE)
+    resume_hint = f"POST /api/v1/jobs/{job_id}/resume continues from the last checkpoint"
+
+    def waiting(busy: StoreBusy) -> None:
+        log.info("job %s waits: %s", job_id, busy)
+        progress(ProgressEvent(stage="queued", message=f"waiting for the store: {busy}"))
+
     try:
-        result = _run(store, job, progress, job_dir / WORK_DIR, resume, stop)
-    except (TrainingCancelled, JobStopped) as exc:
+        holder = f"dakr worker, {job.kind} job {job_id}"
+        with store.writer_lock(holder, wait_s=math.inf, on_wait=waiting, should_stop=stop.is_set):
+            store.update_job(job_id, state="running", error=None)
+            log.info("job %s (%s) %s with params %s, %d torch threads", job_id, job.kind, how, job.params, torch_threads)
+            result = _run(store, job, progress, job_dir / WORK_DIR, resume, stop)
+    except (TrainingCancelled, JobStopped, StoreBusy) as exc:
         state = "interrupted" if stop.reason == "orphaned" else "cancelled"
         log.info("job %s %s: %s", job_id, state, exc)
-        resume_hint = f"POST /api/v1/jobs/{job_id}/resume continues from the last checkpoint"
         store.update_job(job_id, state=state, error=f"{state}: {exc}. {resume_hint}")
         return 0
     except Exception as exc:
+        failure = storage_failure(exc, store.name)
+        if failure is not None:
+            log.exception("job %s stopped: %s", job_id, failure.message)
+            store.update_job(job_id, state="interrupted", error=f"{failure.message}. {resume_hint}")
+            return 0
         log.exception("job %s failed", job_id)
         store.update_job(job_id, state="failed", error=_error_message(exc, job_id))
         return 1

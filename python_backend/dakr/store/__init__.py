@@ -4,7 +4,7 @@ One folder with SQLite metadata (WAL) and files for volumes, weights and buffers
 :mod:`dakr.store.store` for the layout and the crash-safety rules.
 """
 
-from dakr.store.records import CaseRecord, EvaluationRecord, JobRecord, SiteInfo, StoreError, VersionInfo
+from dakr.store.records import CaseRecord, EvaluationRecord, JobRecord, SiteInfo, SitePurgedError, StoreError, VersionInfo
 from dakr.store.store import Store
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "EvaluationRecord",
     "JobRecord",
     "SiteInfo",
+    "SitePurgedError",
     "Store",
     "StoreError",
     "VersionInfo",

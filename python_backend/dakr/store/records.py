@@ -17,6 +17,10 @@ class StoreError(RuntimeError):
     """A store operation was refused; the message says what to do instead."""
 
 
+class SitePurgedError(StoreError):
+    """The site's volumes and predictions were deleted (purged); nothing of it can be written."""
+
+
 @dataclass
 class SiteInfo:
     """A registered site and the size of its frozen train/audit split."""

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 IMAGE_FILE = "image.nii.gz"
 LABEL_FILE = "label.nii.gz"
+#: Largest seed of a frozen split (seeds are 0 .. 2**32 - 1).
+MAX_SEED = 2**32 - 1
 
 
 def check_audit_fraction(audit_fraction: float) -> None:
@@ -24,6 +26,12 @@ def check_audit_fraction(audit_fraction: float) -> None:
             f"audit_fraction must be between 0 and 1 (exclusive), got {audit_fraction}. "
             "Fix: pass a fraction such as 0.2"
         )
+
+
+def check_seed(seed: int) -> None:
+    """Raise :class:`StoreError` unless ``seed`` is an integer in 0 .. :data:`MAX_SEED`."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise StoreError(f"the split seed must be an integer from 0 to {MAX_SEED}, got {seed!r}. Fix: pass a seed such as 0")
 
 
 def frozen_split(case_ids: list[str], audit_fraction: float, seed: int) -> dict[str, str]:

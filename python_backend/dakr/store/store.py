@@ -10,6 +10,8 @@ Layout of a store folder::
     models/<id>/buffer.npz            optional replay buffer
     predictions/<version>/<site>/<case>.nii.gz   cached audit predictions
     jobs/<id>/                        job working folders
+    tmp/                              temporary files of the server (e.g. uploads to predict)
+    dakr.lock, dakr.lock.json         the writer lock and its holder (see dakr.store.lock)
 
 Blobs are written into a temp folder and renamed into place while the DB write lock is
 held, in the same transaction that inserts their rows, so a crash at any point leaves the
@@ -18,9 +20,12 @@ previous state readable; leftovers are invisible and removed when the store is o
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +37,9 @@ from dakr.store.aggregate import class_site_means, site_means
 from dakr.store.buffers import check_buffer, drop_sites
 from dakr.store.files import (
     BUFFER_FILE,
+    TEMP_PREFIX,
     WEIGHTS_FILE,
+    fsync_dir,
     fsync_tree,
     load_npz,
     move_into_place,
@@ -43,6 +50,7 @@ from dakr.store.files import (
     replace_npz,
     write_version_files,
 )
+from dakr.store.lock import StoreBusy, writer_lock
 from dakr.store.queries import (
     EVALUATION_QUERY,
     SITE_QUERY,
@@ -65,15 +73,17 @@ from dakr.store.records import (
     EvaluationRecord,
     JobRecord,
     SiteInfo,
+    SitePurgedError,
     StoreError,
     VersionInfo,
     now_iso,
 )
 from dakr.store.runs import insert_version_run
 from dakr.store.schema import DB_NAME, check_schema, connect, create_schema, dump_json, load_json, transaction
-from dakr.store.sites import IMAGE_FILE, LABEL_FILE, check_audit_fraction, copy_cases, frozen_split
+from dakr.store.sites import IMAGE_FILE, LABEL_FILE, check_audit_fraction, check_seed, copy_cases, frozen_split
 
 if TYPE_CHECKING:
+    import SimpleITK as sitk
     import torch
 
     from dakr.data.site import SiteSpec
@@ -121,6 +131,37 @@ class Store:
         return store
 
     @property
+    def name(self) -> str:
+        """The store's folder name: how messages for remote clients name it (never its full path)."""
+        return self.path.name
+
+    @property
+    def temp_path(self) -> Path:
+        """The folder for temporary files of the server, on the store's own disk."""
+        return self.path / "tmp"
+
+    def temp_name(self) -> Path:
+        """A new name in :attr:`temp_path`; it carries this process's id so leftovers can be told apart."""
+        self.temp_path.mkdir(exist_ok=True)
+        return self.temp_path / f"{TEMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+
+    @contextmanager
+    def writer_lock(
+        self,
+        command: str,
+        *,
+        wait_s: float = 0.0,
+        on_wait: Callable[[StoreBusy], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[None]:
+        """Hold the store's writer lock (:func:`dakr.store.lock.writer_lock`); :class:`StoreBusy` names the holder.
+
+        Every process that trains or evaluates holds it for its whole run; :meth:`purge_site` takes it too.
+        """
+        with writer_lock(self.path, command, wait_s=wait_s, on_wait=on_wait, should_stop=should_stop):
+            yield
+
+    @property
     def _db(self) -> Path:
         return self.path / DB_NAME
 
@@ -138,7 +179,7 @@ class Store:
 
     def _remove_leftovers(self) -> None:
         """Delete stale temp folders and folders no DB row points to (crashed writes, purges)."""
-        for parent in (self._sites_dir, self._models_dir):
+        for parent in (self._sites_dir, self._models_dir, self.temp_path):
             parent.mkdir(exist_ok=True)
             remove_stale_temp_dirs(parent)
         with transaction(self._db) as conn:
@@ -174,6 +215,7 @@ class Store:
 
         self.require_new_site(name)
         check_audit_fraction(audit_fraction)
+        check_seed(seed)
         label_names = validate_site(spec, self.label_names)
         split = frozen_split([case.case_id for case in spec.cases], audit_fraction, seed)
         temp = new_temp_dir(self._sites_dir)
@@ -226,20 +268,23 @@ class Store:
         case_dir = self._sites_dir / info.name / case_id
         return CaseRecord(info.name, case_id, split, case_dir / IMAGE_FILE, case_dir / LABEL_FILE)
 
-    def purge_site(self, name: str) -> SiteInfo:
+    def purge_site(self, name: str, *, wait_s: float = 0.0) -> SiteInfo:
         """Delete a site's volumes, cached predictions and buffer samples; keep versions and metrics.
 
-        The site is marked purged first, so no new version can store its samples; if the purge
-        is interrupted, run it again.
+        Holds the writer lock (waiting up to ``wait_s`` for a training or evaluating process,
+        else :class:`StoreBusy`). The site is marked purged first, so no new version can store
+        its samples and no prediction of it can be written again (:meth:`write_prediction`);
+        if the purge is interrupted, run it again.
         """
         self.site(name)
-        with transaction(self._db) as conn:
-            conn.execute("UPDATE sites SET purged = 1 WHERE name = ?", (name,))
-        for version in self.versions():
-            self._drop_buffer_samples(version.id, name)
-        remove_dir(self._sites_dir / name)
-        for version_predictions in self._predictions_dir.glob("*"):
-            remove_dir(version_predictions / name)
+        with self.writer_lock(f"purge of site {name}", wait_s=wait_s):
+            with transaction(self._db) as conn:
+                conn.execute("UPDATE sites SET purged = 1 WHERE name = ?", (name,))
+            for version in self.versions():
+                self._drop_buffer_samples(version.id, name)
+            remove_dir(self._sites_dir / name)
+            for version_predictions in self._predictions_dir.glob("*"):
+                remove_dir(version_predictions / name)
         return self.site(name)
 
     def _drop_buffer_samples(self, version_id: int, site: str) -> None:
@@ -404,6 +449,32 @@ class Store:
         validate_name(site, "site")
         validate_name(case_id, "case")
         return self._predictions_dir / str(int(version)) / site / f"{case_id}.nii.gz"
+
+    def write_prediction(self, version: int, site: str, case_id: str, image: sitk.Image) -> Path:
+        """Cache a prediction at :meth:`prediction_path`, unless the site is (or gets) purged.
+
+        The file is written below :attr:`temp_path` and renamed into place inside a transaction
+        that checks the site, so a purge either sees the file and deletes it or makes this
+        write fail with :class:`SitePurgedError`; a purged site's predictions never reappear.
+        """
+        from dakr.data.io import write_image
+
+        target = self.prediction_path(version, site, case_id)
+        folder = self.temp_name()
+        folder.mkdir()
+        temp = folder / target.name
+        try:
+            write_image(image, temp)
+            with transaction(self._db) as conn:
+                row = conn.execute("SELECT purged FROM sites WHERE name = ?", (site,)).fetchone()
+                if row is None or row["purged"]:
+                    raise SitePurgedError(f"site {site!r} was purged; its predictions are no longer stored")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(temp, target)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        fsync_dir(target.parent)
+        return target
 
     # ------------------------------------------------------------------ jobs
     def create_job(self, kind: str, params: dict[str, Any]) -> JobRecord:
