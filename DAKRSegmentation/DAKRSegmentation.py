@@ -30,7 +30,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from DAKRSegmentationLib import audit, mrmlio
+from DAKRSegmentationLib import MINIMUM_PYTHON_VERSION, MINIMUM_SLICER_VERSION, audit, mrmlio
 from DAKRSegmentationLib.backend import (
     LocalBackend,
     backend_location,
@@ -53,6 +53,10 @@ CASES_FROM_FOLDER = "nnU-Net raw folder"
 POLL_INTERVAL_MS = 1000
 #: How long a local backend may take to answer after it was started (first start imports torch).
 LOCAL_START_TIMEOUT_S = 300
+
+
+def _version_text(version: tuple[int, ...]) -> str:
+    return ".".join(str(part) for part in version)
 
 
 @contextmanager
@@ -79,7 +83,8 @@ class DAKRSegmentation(ScriptedLoadableModule):
         self.parent.helpText = (
             "Adapt the segmentation model to a new clinical site (continual learning with dual-alignment "
             "knowledge retention, DAKR) and audit, on stored cases of every earlier site, how the "
-            "segmentation changed. Training runs in a separate backend process, local or remote."
+            "segmentation changed. Training runs in a separate backend process, local or remote. "
+            f"Needs Slicer {_version_text(MINIMUM_SLICER_VERSION)} or later (Python {_version_text(MINIMUM_PYTHON_VERSION)})."
         )
         self.parent.acknowledgementText = (
             "DAKR backend: PyTorch and MONAI. Torch is installed through the PyTorch extension."

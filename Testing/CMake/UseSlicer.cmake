@@ -2,7 +2,7 @@
 # extension uses, recording what they are given and failing on missing files.
 set(Slicer_USE_PYTHONQT ON)
 set(BUILD_TESTING ON)
-set(Slicer_QTSCRIPTEDMODULES_LIB_DIR "lib/Slicer-5.8/qt-scripted-modules")
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR "lib/Slicer-${Slicer_VERSION_MAJOR}.${Slicer_VERSION_MINOR}/qt-scripted-modules")
 set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR "${Slicer_QTSCRIPTEDMODULES_LIB_DIR}")
 set(_STAND_IN_USED TRUE)
 

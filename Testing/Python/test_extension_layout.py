@@ -69,7 +69,7 @@ def test_configure_lists_every_module_script_and_resource(manifest) -> None:
 
 def test_the_backend_package_ships_with_the_module(manifest) -> None:
     assert sorted(manifest["shipped_scripts"]) == _files(BACKEND, "dakr", "*.py")
-    module_dir = manifest["_build"] / "lib" / "Slicer-5.8" / "qt-scripted-modules"
+    module_dir = manifest["_build"] / "lib" / "Slicer-5.10" / "qt-scripted-modules"
     assert (module_dir / "dakr-pyproject.toml").read_text() == (BACKEND / "pyproject.toml").read_text()
     for data in _files(BACKEND, "dakr", "*.json"):
         assert (module_dir / data).read_bytes() == (BACKEND / data).read_bytes()
