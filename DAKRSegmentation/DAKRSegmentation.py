@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 import traceback
+from importlib import metadata
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator
@@ -31,14 +32,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from DAKRSegmentationLib import MINIMUM_PYTHON_VERSION, MINIMUM_SLICER_VERSION, audit, mrmlio
-from DAKRSegmentationLib.backend import (
-    LocalBackend,
-    backend_location,
-    backend_requirements,
-    missing_requirements,
-    shared_package_constraints,
-    torch_requirement,
-)
+from DAKRSegmentationLib.backend import LocalBackend, backend_location, backend_requirements, torch_requirement, torch_too_old
+from DAKRSegmentationLib.install_plan import InstallPlan, installed_versions, plan_install, write_constraints
 from DAKRSegmentationLib.client import BackendClient, JobConflictError
 from DAKRSegmentationLib.jobs import JobMonitor, JobUpdate, format_event
 from DAKRSegmentationLib.results import VersionComparison
@@ -132,9 +127,15 @@ class DAKRSegmentationLogic(ScriptedLoadableModuleLogic):
 
     # -- backend ----------------------------------------------------------------------------------
     def ensureBackendDependencies(self) -> None:
-        """Install torch via the PyTorch extension and the backend's other requirements with pip
-        (main thread), pinning the numpy, SimpleITK and torch that are already there."""
+        """Torch through the PyTorch extension, then the backend's other requirements (both on the main
+        thread, as Slicer requires). Blocking: for the self-test and scripts; the widget runs the plan in a worker."""
+        self.ensureTorch()
+        self.installBackendRequirements(self.planBackendInstall())
+
+    def ensureTorch(self) -> None:
+        """Install torch through the PyTorch extension, or offer its upgrade when it is older than tested."""
         _, pyproject = backend_location(self.moduleDir)
+        requirement = torch_requirement(pyproject)
         try:
             import PyTorchUtils
         except ModuleNotFoundError as error:
@@ -143,19 +144,45 @@ class DAKRSegmentationLogic(ScriptedLoadableModuleLogic):
             ) from error
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if not torchLogic.torchInstalled():
-            if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=torch_requirement(pyproject)) is None:
+            if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=requirement) is None:
                 raise RuntimeError("PyTorch is required to run the backend locally. Fix: accept its installation, or use a remote backend.")
-        missing = missing_requirements(backend_requirements(pyproject))
-        if not missing:
+            return
+        installed = self.installedTorchVersion()
+        if not torch_too_old(installed, requirement):
             return
         if not slicer.util.confirmOkCancelDisplay(
-                "The DAKR backend needs these Python packages:\n\n" + "\n".join(missing) + "\n\nInstall them now?",
-                "DAKR Segmentation"):
+                f"PyTorch {installed} is older than the DAKR backend was tested with ({requirement}).\n\n"
+                "Upgrade it through the PyTorch extension now? Restart Slicer afterwards.", "DAKR Segmentation"):
+            raise RuntimeError(f"PyTorch {installed} is too old for the DAKR backend ({requirement}). "
+                               "Fix: upgrade it in the PyTorch Utils module, or use a remote backend.")
+        if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=requirement) is None:
+            raise RuntimeError("PyTorch was not upgraded. Fix: upgrade it in the PyTorch Utils module and restart Slicer.")
+
+    @staticmethod
+    def installedTorchVersion() -> str:
+        return metadata.version("torch")
+
+    def planBackendInstall(self) -> InstallPlan:
+        """What installing the backend's requirements would add or change (a pip dry run; no GUI, worker-safe)."""
+        _, pyproject = backend_location(self.moduleDir)
+        return plan_install(self.pythonExecutable(), backend_requirements(pyproject))
+
+    def installBackendRequirements(self, plan: InstallPlan) -> None:
+        """Refuse a plan that changes installed packages; otherwise confirm and install only new ones,
+        with every installed package pinned (main thread)."""
+        if not plan.packages:
+            return
+        refusal = plan.refusal()
+        if refusal:
+            raise RuntimeError(refusal)
+        if not slicer.util.confirmOkCancelDisplay(
+                "The DAKR backend needs these Python packages (nothing already installed changes):\n\n"
+                + plan.summary() + "\n\nInstall them now?", "DAKR Segmentation"):
             raise RuntimeError("Required Python packages are missing. Fix: accept their installation, or use a remote backend.")
-        constraints = Path(slicer.app.temporaryPath) / "DAKRSegmentation" / "constraints.txt"
-        constraints.parent.mkdir(parents=True, exist_ok=True)
-        constraints.write_text(shared_package_constraints(), encoding="utf-8")
-        slicer.util.pip_install(["-c", str(constraints), *missing])
+        _, pyproject = backend_location(self.moduleDir)
+        constraints = write_constraints(installed_versions(self.pythonExecutable()),
+                                        Path(slicer.app.temporaryPath) / "DAKRSegmentation" / "constraints.txt")
+        slicer.util.pip_install(["-c", str(constraints), *backend_requirements(pyproject)])
 
     def pythonExecutable(self) -> str:
         """``PythonSlicer`` (Slicer's own Python), unless :attr:`backendPython` names another one."""

@@ -7,7 +7,6 @@ the module (or in ``python_backend/`` of a source checkout), and reaches the chi
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import signal
 import socket
@@ -15,15 +14,17 @@ import subprocess
 import sys
 import time
 import tomllib
-from importlib import metadata
 from pathlib import Path
 
-from .client import BackendClient, BackendError
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
-#: Packages the backend must share with Slicer rather than install: Slicer ships numpy and
-#: SimpleITK, the PyTorch extension installs torch.
-SHARED_PACKAGES = ("numpy", "simpleitk", "torch")
-_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:==\s*([^\s;,]+))?")
+from .client import BackendClient, BackendError
+from .install_plan import name_key
+
+#: Installed by the PyTorch extension (with the right CUDA build), never by pip from here.
+TORCH = "torch"
 
 
 def backend_location(module_dir: Path) -> tuple[Path, Path]:
@@ -44,58 +45,27 @@ def backend_location(module_dir: Path) -> tuple[Path, Path]:
     )
 
 
-def _name_key(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+def _dependencies(pyproject: Path) -> list[Requirement]:
+    return [Requirement(text) for text in tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))["project"]["dependencies"]]
 
 
 def backend_requirements(pyproject: Path) -> list[str]:
-    """The backend's dependencies except those Slicer or the PyTorch extension provide."""
-    dependencies = tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))["project"]["dependencies"]
-    kept = []
-    for requirement in dependencies:
-        match = _REQUIREMENT.match(requirement)
-        if match and _name_key(match.group(1)) not in SHARED_PACKAGES:
-            kept.append(requirement.strip())
-    return kept
+    """The backend server's requirements (ranges) except torch, which the PyTorch extension installs."""
+    return [str(requirement) for requirement in _dependencies(pyproject) if name_key(requirement.name) != TORCH]
 
 
 def torch_requirement(pyproject: Path) -> str | None:
-    """The minimum torch version the backend was tested with, as ``">=X"`` (``None`` if unpinned)."""
-    for requirement in tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))["project"]["dependencies"]:
-        match = _REQUIREMENT.match(requirement)
-        if match and _name_key(match.group(1)) == "torch" and match.group(2):
-            return f">={match.group(2)}"
+    """The torch versions the backend was tested with, as a specifier such as ``"<3,>=2.13"``."""
+    for requirement in _dependencies(pyproject):
+        if name_key(requirement.name) == TORCH:
+            return str(requirement.specifier) or None
     return None
 
 
-def missing_requirements(requirements: list[str]) -> list[str]:
-    """Requirements not installed, or installed at a version other than the pinned one."""
-    missing = []
-    for requirement in requirements:
-        match = _REQUIREMENT.match(requirement)
-        if not match:
-            raise ValueError(f"cannot parse requirement {requirement!r}")
-        name, pinned = match.group(1), match.group(2)
-        try:
-            installed = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            missing.append(requirement)
-            continue
-        if pinned and installed != pinned:
-            missing.append(requirement)
-    return missing
-
-
-def shared_package_constraints() -> str:
-    """A pip constraints file text pinning the installed numpy, SimpleITK and torch, so that
-    installing the backend's requirements can never replace them."""
-    lines = []
-    for name in SHARED_PACKAGES:
-        try:
-            lines.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return "\n".join(lines) + "\n"
+def torch_too_old(installed: str, requirement: str | None) -> bool:
+    """Whether an installed torch (e.g. ``"2.4.1+cu121"``) is older than the tested minimum of ``requirement``."""
+    version = Version(Version(installed).public)
+    return any(spec.operator == ">=" and version < Version(spec.version) for spec in SpecifierSet(requirement or ""))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -8,6 +8,7 @@ import json
 import sys
 import time
 import types
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -389,33 +390,72 @@ def test_audit_loads_before_and_after_and_steps_through_cases(gui, backend, tmp_
     assert ui.auditCaseComboBox.currentText == "c1"
 
 
-def test_local_backend_dependencies_come_from_pytorch_extension_and_pip(gui, monkeypatch) -> None:
-    calls = []
+class PyTorchUtilsLogic:
+    """The PyTorch extension's logic as the module uses it; records its install calls."""
 
-    class PyTorchUtilsLogic:
-        def torchInstalled(self) -> bool:
-            return False
+    def __init__(self, installed: bool) -> None:
+        self.installed = installed
+        self.calls: list[tuple[bool, str | None]] = []
 
-        def installTorch(self, askConfirmation: bool = False, torchVersionRequirement: str | None = None, **kwargs):
-            calls.append((askConfirmation, torchVersionRequirement))
-            return types.SimpleNamespace(__version__="2.13.0")
+    def torchInstalled(self) -> bool:
+        return self.installed
 
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
-    monkeypatch.setattr(gui.module, "missing_requirements", lambda requirements: ["nilearn==0.14.1"])
+    def installTorch(self, askConfirmation: bool = False, torchVersionRequirement: str | None = None, **kwargs):
+        self.calls.append((askConfirmation, torchVersionRequirement))
+        return types.SimpleNamespace(__version__="2.13.0")
 
-    gui.widget.logic.ensureBackendDependencies()
 
-    assert calls == [(True, ">=2.13.0")]
-    assert "nilearn==0.14.1" in gui.env.dialogs.confirmations[-1]
+def use_pytorch_extension(monkeypatch, logic: PyTorchUtilsLogic) -> None:
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=lambda: logic))
+
+
+def test_torch_comes_from_the_pytorch_extension_and_an_older_one_is_offered_an_upgrade(gui, monkeypatch) -> None:
+    torch_logic = PyTorchUtilsLogic(installed=False)
+    use_pytorch_extension(monkeypatch, torch_logic)
+    gui.widget.logic.ensureTorch()
+    assert torch_logic.calls == [(True, "<3,>=2.13")]
+
+    torch_logic.installed, torch_logic.calls = True, []
+    monkeypatch.setattr(gui.widget.logic, "installedTorchVersion", lambda: "2.13.0+cu128")
+    gui.widget.logic.ensureTorch()
+    assert torch_logic.calls == []
+
+    monkeypatch.setattr(gui.widget.logic, "installedTorchVersion", lambda: "2.4.1+cu121")
+    gui.env.dialogs.confirm_answer = False
+    with pytest.raises(RuntimeError, match=r"PyTorch 2.4.1\+cu121 is too old for the DAKR backend"):
+        gui.widget.logic.ensureTorch()
+    assert "older than the DAKR backend was tested with" in gui.env.dialogs.confirmations[-1] and torch_logic.calls == []
+    gui.env.dialogs.confirm_answer = True
+    gui.widget.logic.ensureTorch()
+    assert torch_logic.calls == [(False, "<3,>=2.13")]
+
+
+def test_an_install_plan_that_changes_installed_packages_is_refused(gui) -> None:
+    from DAKRSegmentationLib.install_plan import InstallPlan, PlannedPackage
+
+    plan = InstallPlan([PlannedPackage("monai", "1.6.1", None), PlannedPackage("scipy", "1.17.1", "1.16.3")])
+    with pytest.raises(RuntimeError, match="scipy 1.16.3 → 1.17.1"):
+        gui.widget.logic.installBackendRequirements(plan)
+    assert gui.env.dialogs.pip_installs == [] and gui.env.dialogs.confirmations == []
+
+
+def test_an_install_plan_that_only_adds_packages_is_confirmed_and_pins_everything_installed(gui) -> None:
+    from DAKRSegmentationLib.install_plan import InstallPlan, PlannedPackage
+
+    plan = InstallPlan([PlannedPackage("monai", "1.6.1", None), PlannedPackage("numpy", np.__version__, np.__version__)])
+    gui.widget.logic.backendPython = sys.executable
+    gui.widget.logic.installBackendRequirements(plan)
+    assert "monai 1.6.1" in gui.env.dialogs.confirmations[-1] and "numpy" not in gui.env.dialogs.confirmations[-1]
     (arguments,) = gui.env.dialogs.pip_installs
-    assert arguments[0] == "-c" and arguments[2:] == ["nilearn==0.14.1"]
+    assert arguments[0] == "-c" and any(argument.startswith("monai<2,>=") for argument in arguments[2:])
+    assert not any(argument.startswith("torch") for argument in arguments[2:])
     pins = Path(arguments[1]).read_text().split()
-    assert {pin.split("==")[0] for pin in pins} == {"numpy", "simpleitk", "torch"}
-    assert f"numpy=={np.__version__}" in pins
+    assert f"numpy=={np.__version__}" in pins and f"pytest=={metadata.version('pytest')}" in pins
 
     gui.env.dialogs.confirm_answer = False
     with pytest.raises(RuntimeError, match="Required Python packages are missing"):
-        gui.widget.logic.ensureBackendDependencies()
+        gui.widget.logic.installBackendRequirements(plan)
+    assert len(gui.env.dialogs.pip_installs) == 1
 
 
 def test_missing_pytorch_extension_is_explained(gui, monkeypatch) -> None:
@@ -426,9 +466,13 @@ def test_missing_pytorch_extension_is_explained(gui, monkeypatch) -> None:
 
 
 @pytest.fixture
-def torch_ready(monkeypatch):
-    torch_utils = types.SimpleNamespace(torchInstalled=lambda: True)
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=lambda: torch_utils))
+def torch_ready(monkeypatch, gui):
+    """Torch installed at the tested version and nothing left to install."""
+    from DAKRSegmentationLib.install_plan import InstallPlan
+
+    use_pytorch_extension(monkeypatch, PyTorchUtilsLogic(installed=True))
+    monkeypatch.setattr(gui.widget.logic, "installedTorchVersion", lambda: "2.13.0")
+    monkeypatch.setattr(gui.widget.logic, "planBackendInstall", lambda: InstallPlan([]))
 
 
 def test_local_backend_is_started_and_connected_from_the_timer(gui, torch_ready, tmp_path: Path) -> None:

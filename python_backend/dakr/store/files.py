@@ -14,11 +14,12 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import save_file
+
+if TYPE_CHECKING:  # torch is imported where weights are written: the rest of the store works without it
+    import torch
 
 TEMP_PREFIX = ".tmp-"
 WEIGHTS_FILE = "weights.safetensors"
@@ -105,6 +106,8 @@ def write_version_files(
     buffer: dict[str, np.ndarray] | None,
 ) -> None:
     """Write the weights (safetensors), config (JSON) and optional buffer (npz) into ``folder``."""
+    from safetensors.torch import save_file
+
     cpu_tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
     save_file(cpu_tensors, str(folder / WEIGHTS_FILE))
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")

@@ -22,11 +22,12 @@ import shutil
 import sqlite3
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import load_file
+
+if TYPE_CHECKING:  # torch is imported where weights are read or checked: the rest works without it
+    import torch
 
 from dakr.data.names import validate_name
 from dakr.data.site import SiteSpec
@@ -321,6 +322,8 @@ class Store:
 
     def load_tensors(self, version_id: int) -> dict[str, torch.Tensor]:
         """The weights of a version as CPU tensors (safetensors, never unpickled)."""
+        from safetensors.torch import load_file
+
         return load_file(str(self.version_dir(version_id) / WEIGHTS_FILE))
 
     def load_buffer(self, version_id: int) -> dict[str, np.ndarray] | None:
@@ -446,6 +449,8 @@ class Store:
 
 
 def _check_tensors(tensors: dict[str, torch.Tensor]) -> None:
+    import torch
+
     if not tensors or not all(isinstance(value, torch.Tensor) for value in tensors.values()):
         raise StoreError("tensors must be a non-empty dict of torch.Tensor. Fix: pass model.state_dict()")
 
