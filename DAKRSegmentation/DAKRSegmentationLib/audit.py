@@ -3,9 +3,11 @@ the voxels that changed, the per-case Dice, and a linked side-by-side view of be
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import slicer
 
@@ -53,22 +55,62 @@ def audit_case_ids(client: BackendClient, site: str) -> list[str]:
     return sorted(case["case_id"] for case in client.site_cases(site) if case.get("split") == "audit")
 
 
+@dataclass
+class AuditFiles:
+    """A stored case and both versions' predictions downloaded into ``folder``, and its Dice."""
+
+    site: str
+    case_id: str
+    before: int
+    after: int
+    folder: Path
+    image: Path
+    label: Path
+    prediction_before: Path
+    prediction_after: Path
+    dice: dict
+
+
+def download_audit_case(client: BackendClient, site: str, case_id: str, before: int, after: int, work_dir: Path,
+                        cancelled: Callable[[], bool] | None = None) -> AuditFiles:
+    """Download a case, both predictions and its Dice into a new folder under ``work_dir`` (no MRML:
+    safe on a worker thread). The caller removes the folder after loading."""
+    Path(work_dir).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="case-", dir=work_dir))
+    try:
+        get = client.download_case_file
+        files = AuditFiles(
+            site, case_id, before, after, folder,
+            get(site, case_id, "image", folder / "image.nii.gz", cancelled=cancelled),
+            get(site, case_id, "label", folder / "label.nii.gz", cancelled=cancelled),
+            get(site, case_id, "prediction", folder / f"prediction_v{before}.nii.gz", before, cancelled=cancelled),
+            get(site, case_id, "prediction", folder / f"prediction_v{after}.nii.gz", after, cancelled=cancelled),
+            client.case_dice(site, case_id, before, after),
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return files
+
+
 def load_audit_case(client: BackendClient, scene: "slicer.vtkMRMLScene", site: str, case_id: str,
                     before: int, after: int, label_names: dict[str, int], work_dir: Path) -> AuditCase:
     """Download a case and both versions' predictions and load them as named, coloured nodes."""
-    Path(work_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_dir) as folder_name:
-        return _load(client, scene, site, case_id, before, after, label_names, Path(folder_name))
+    return load_audit_files(scene, download_audit_case(client, site, case_id, before, after, work_dir), label_names)
 
 
-def _load(client: BackendClient, scene: "slicer.vtkMRMLScene", site: str, case_id: str,
-          before: int, after: int, label_names: dict[str, int], folder: Path) -> AuditCase:
-    image_file = client.download_case_file(site, case_id, "image", folder / "image.nii.gz")
-    label_file = client.download_case_file(site, case_id, "label", folder / "label.nii.gz")
-    before_file = client.download_case_file(site, case_id, "prediction", folder / f"prediction_v{before}.nii.gz", before)
-    after_file = client.download_case_file(site, case_id, "prediction", folder / f"prediction_v{after}.nii.gz", after)
-    dice = client.case_dice(site, case_id, before, after)
+def load_audit_files(scene: "slicer.vtkMRMLScene", files: AuditFiles, label_names: dict[str, int]) -> AuditCase:
+    """Load downloaded audit files as named, coloured nodes (GUI thread) and remove the files."""
+    try:
+        return _load(scene, files, label_names)
+    finally:
+        shutil.rmtree(files.folder, ignore_errors=True)
 
+
+def _load(scene: "slicer.vtkMRMLScene", files: AuditFiles, label_names: dict[str, int]) -> AuditCase:
+    site, case_id, before, after, dice = files.site, files.case_id, files.before, files.after, files.dice
+    image_file, label_file = files.image, files.label
+    before_file, after_file = files.prediction_before, files.prediction_after
     prefix = f"{site} {case_id}"
     image = mrmlio.read_volume(scene, image_file, prefix)
     maps = {

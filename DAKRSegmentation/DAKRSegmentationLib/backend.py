@@ -15,6 +15,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Callable
 
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -104,14 +105,18 @@ class LocalBackend:
         self.token = secrets.token_urlsafe(24)
         self.environment = dict(environment if environment is not None else os.environ)
         self.process: subprocess.Popen | None = None
+        #: Bytes of the log already handed out by :meth:`new_log_lines`.
+        self.log_offset = 0
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
+        """The server's command line: the token travels in a file, and the server exits when this
+        process (Slicer) dies."""
         return [self.python, "-m", "dakr", "serve", str(self.store), "--host", self.host, "--port", str(self.port),
-                "--token-file", str(self.token_file)]
+                "--token-file", str(self.token_file), "--parent-pid", str(os.getpid())]
 
     def client(self) -> BackendClient:
         return BackendClient(self.url, self.token)
@@ -133,6 +138,7 @@ class LocalBackend:
                               **_process_options(new_group=False))
         if init.returncode != 0:
             raise BackendError(f"Cannot use {self.store} as the model store:\n{(init.stderr or init.stdout).strip()}")
+        self.log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         self.token_file.write_text(self.token, encoding="utf-8")
         self.token_file.chmod(0o600)
         with self.log_file.open("ab") as log:
@@ -162,13 +168,39 @@ class LocalBackend:
             raise
         return True
 
-    def wait_until_ready(self, timeout_s: float = 120.0) -> None:
+    def new_log_lines(self) -> list[str]:
+        """Lines the server wrote to its log since the previous call (for the module's log panel)."""
+        if not self.log_file.exists():
+            return []
+        with self.log_file.open("rb") as log:
+            log.seek(self.log_offset)
+            data = log.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self.log_offset += len(complete)
+        return complete.decode("utf-8", errors="replace").splitlines()
+
+    def wait_until_ready(self, timeout_s: float = 120.0, cancelled: Callable[[], bool] | None = None) -> None:
+        """Block until the server answers (on a worker thread); stops it on timeout or cancellation."""
         deadline = time.monotonic() + timeout_s
         while not self.ready():
+            if cancelled is not None and cancelled():
+                self.stop()
+                raise BackendError("Starting the local backend was cancelled.")
             if time.monotonic() > deadline:
                 self.stop()
-                raise BackendError(f"The local backend did not answer within {timeout_s:.0f} s. Log:\n{self.log_tail()}")
+                raise BackendError(f"The local backend started but did not answer within {timeout_s:.0f} s (the first "
+                                   f"start imports PyTorch and MONAI). Its log ({self.log_file}) ends with:\n{self.log_tail()}")
             time.sleep(0.25)
+
+    def terminate(self) -> None:
+        """Ask the server and its process tree to stop, without waiting (for application exit)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if sys.platform == "win32":
+            subprocess.Popen(["taskkill", "/T", "/F", "/PID", str(self.process.pid)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, **_process_options(new_group=False))
+        else:
+            os.killpg(self.process.pid, signal.SIGTERM)
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop the server and every process it started (its job workers included)."""

@@ -376,6 +376,29 @@ class QProgressBar(QWidget):
         self.minimum, self.maximum = minimum, maximum
 
 
+class QProgressDialog(QWidget):
+    """Shown by the module for installs, uploads and audit loads; every dialog shown is recorded."""
+
+    SIGNALS = {"canceled()"}
+    PROPS = {"labelText": "", "value": 0, "minimum": 0, "maximum": 100, "minimumDuration": 4000}
+    SHOWN: ClassVar[list["QProgressDialog"]] = []
+
+    def setRange(self, minimum: int, maximum: int) -> None:
+        self.minimum, self.maximum = minimum, maximum
+
+    def show(self) -> None:
+        super().show()
+        QProgressDialog.SHOWN.append(self)
+
+    def close(self) -> bool:
+        self.visible = False
+        return True
+
+    def cancel(self) -> None:
+        """Test helper: the user presses Cancel."""
+        self.emit("canceled()")
+
+
 class QPlainTextEdit(QWidget):
     SIGNALS = {"textChanged()"}
     PROPS = {"readOnly": False, "maximumBlockCount": 0, "plainText": ""}
@@ -943,6 +966,7 @@ def install(monkeypatch: Any, scene: "slicer.vtkMRMLScene", temporary_path: path
     """Put the doubles in place for one test (``monkeypatch`` undoes it); returns what tests inspect."""
     UNHANDLED.clear()
     TIMERS.clear()
+    QProgressDialog.SHOWN.clear()
     QApplication.override_cursors.clear()
     qt_module = _module("qt", **{name: value for name, value in globals().items()
                                  if name.startswith("Q") and isinstance(value, type) or name == "Qt"})
@@ -957,7 +981,7 @@ def install(monkeypatch: Any, scene: "slicer.vtkMRMLScene", temporary_path: path
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", _module(
         "slicer.parameterNodeWrapper", parameterNodeWrapper=parameterNodeWrapper, Choice=Choice, WithinRange=WithinRange))
     app = Application(scene, str(temporary_path))
-    dialogs = types.SimpleNamespace(errors=[], confirmations=[], confirm_answer=True, pip_installs=[])
+    dialogs = types.SimpleNamespace(errors=[], infos=[], confirmations=[], confirm_answer=True, pip_installs=[])
 
     def confirm(text: str, windowTitle: str | None = None, **kwargs: Any) -> bool:
         dialogs.confirmations.append(text)
@@ -968,6 +992,8 @@ def install(monkeypatch: Any, scene: "slicer.vtkMRMLScene", temporary_path: path
                         ("qMRMLTableView", qMRMLTableView)):
         monkeypatch.setattr(slicer, name, value, raising=False)
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, *a, **k: dialogs.errors.append(text))
+    monkeypatch.setattr(slicer.util, "infoDisplay", lambda text, *a, **k: dialogs.infos.append(text))
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", confirm)
     monkeypatch.setattr(slicer.util, "pip_install", lambda requirements, **k: dialogs.pip_installs.append(requirements))
-    return types.SimpleNamespace(app=app, dialogs=dialogs, timers=TIMERS, unhandled=UNHANDLED)
+    return types.SimpleNamespace(app=app, dialogs=dialogs, timers=TIMERS, unhandled=UNHANDLED,
+                                 progress_dialogs=QProgressDialog.SHOWN)

@@ -32,7 +32,7 @@ def test_server_is_started_with_a_private_token_file_and_the_backend_on_pythonpa
         calls = (tmp_path / "calls.txt").read_text().splitlines()
         assert calls[0] == f"-m dakr init {tmp_path / 'store'}"
         assert calls[2] == (f"-m dakr serve {tmp_path / 'store'} --host 127.0.0.1 --port {backend.port} "
-                            f"--token-file {backend.token_file}")
+                            f"--token-file {backend.token_file} --parent-pid {os.getpid()}")
         assert calls[3] == f"PYTHONPATH={tmp_path / 'backend-src'}{os.pathsep}/elsewhere"
         assert backend.token not in " ".join(calls), "the token must not appear on a command line"
         assert backend.token_file.read_text() == backend.token

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import stat
 import sys
 import time
 import types
@@ -105,6 +107,16 @@ def connect_remote(gui, backend: Backend, token: str = "t0ken") -> None:
     gui.ui.remoteUrlLineEdit.text = backend.server.url
     gui.ui.remoteTokenLineEdit.text = token
     gui.ui.connectButton.click()
+    finish(gui)
+
+
+def finish(gui, timeout_s: float = 30.0) -> None:
+    """Let the widget's background tasks end, firing its task timer as Qt would."""
+    deadline = time.monotonic() + timeout_s
+    while gui.widget.tasks.busy():
+        assert time.monotonic() < deadline, f"background tasks still running: {[t.name for t in gui.widget.tasks.tasks]}"
+        time.sleep(0.01)
+        gui.widget.taskTimer.fire()
 
 
 def poll_timer(gui) -> doubles.QTimer:
@@ -179,6 +191,7 @@ def test_unreachable_backend_gives_a_dialog_not_a_traceback(gui, backend) -> Non
     gui.ui.backendModeComboBox.currentIndex = 1
     gui.ui.remoteUrlLineEdit.text = url
     gui.ui.connectButton.click()
+    finish(gui)
     assert len(gui.env.dialogs.errors) == 1 and f"No DAKR backend answered at {url}" in gui.env.dialogs.errors[0]
     assert gui.env.unhandled == []
 
@@ -193,6 +206,7 @@ def test_adapt_flow_is_driven_by_the_timer(gui, backend) -> None:
     ui.lambdaCnaSpinBox.value = 2.0
 
     ui.adaptButton.click()
+    finish(gui)
 
     body = json.loads(backend.requests("POST", "/jobs")[0].body)
     assert body == {"kind": "adapt", "site": "B", "strategy": "replay",
@@ -204,12 +218,14 @@ def test_adapt_flow_is_driven_by_the_timer(gui, backend) -> None:
     assert gui.widget._parameterNode.jobId == "j1"
 
     timer.fire()
+    finish(gui)
     assert ui.jobProgressBar.value == 25 and ui.jobProgressBar.maximum == 100
     assert ui.jobStatusLabel.text == "train · epoch 1/2 · step 5/20 · seg 0.700 · ETA 0:30"
     assert "train · epoch 1/2 · step 5/20" in ui.jobLogTextEdit.toPlainText()
     assert timer.isActive()
 
     timer.fire()
+    finish(gui)
     assert not timer.isActive()
     assert ui.jobStatusLabel.text == "Finished: version 2 is active."
     assert "evaluate · step 2/2 · audit cases" in ui.jobLogTextEdit.toPlainText()
@@ -230,17 +246,22 @@ def test_cancel_then_resume(gui, backend) -> None:
     backend.job_states = ["running", "cancelled", "running"]
     connect_remote(gui, backend)
     gui.ui.adaptButton.click()
+    finish(gui)
     timer = poll_timer(gui)
     timer.fire()
+    finish(gui)
 
     gui.ui.cancelButton.click()
+    finish(gui)
     assert len(backend.requests("POST", "/jobs/j1/cancel")) == 1
     timer.fire()
+    finish(gui)
     assert not timer.isActive()
     assert gui.ui.resumeButton.enabled and gui.ui.adaptButton.enabled
     assert gui.ui.jobStatusLabel.text.startswith("Cancelled.")
 
     gui.ui.resumeButton.click()
+    finish(gui)
     assert len(backend.requests("POST", "/jobs/j1/resume")) == 1
     assert timer.isActive() and not gui.ui.resumeButton.enabled
 
@@ -250,7 +271,9 @@ def test_failed_job_shows_the_error_and_the_log(gui, backend) -> None:
     backend.job_error = "RuntimeError: CUDA out of memory"
     connect_remote(gui, backend)
     gui.ui.adaptButton.click()
+    finish(gui)
     poll_timer(gui).fire()
+    finish(gui)
 
     assert gui.env.dialogs.errors == ["Adapting failed.\n\nRuntimeError: CUDA out of memory"]
     assert "Traceback (most recent call last):" in gui.ui.jobLogTextEdit.toPlainText()
@@ -261,6 +284,7 @@ def test_conflict_shows_a_dialog_and_follows_the_running_job(gui, backend) -> No
     backend.server.routes[("POST", "/api/v1/jobs")] = (409, {"detail": "a training job is running: j1", "job_id": "j1"})
     connect_remote(gui, backend)
     gui.ui.adaptButton.click()
+    finish(gui)
     assert len(gui.env.dialogs.errors) == 1 and "follows the running job j1" in gui.env.dialogs.errors[0]
     assert poll_timer(gui).isActive() and gui.widget.logic.monitor.job_id == "j1"
 
@@ -285,9 +309,11 @@ def test_rollback_activates_the_selected_version_after_confirmation(gui, backend
     gui.ui.versionsTableWidget.selectRow(0)
     gui.env.dialogs.confirm_answer = False
     gui.ui.rollbackButton.click()
+    finish(gui)
     assert backend.requests("POST", "/models/1/activate") == []
     gui.env.dialogs.confirm_answer = True
     gui.ui.rollbackButton.click()
+    finish(gui)
     assert len(backend.requests("POST", "/models/1/activate")) == 1
     assert "Make v1 the active model?" in gui.env.dialogs.confirmations[-1]
 
@@ -304,8 +330,10 @@ def test_scene_cases_are_paired_and_a_rejected_site_names_case_and_fix(gui, back
     ui.siteNameLineEdit.text = "C"
     assert not ui.registerSiteButton.enabled
     ui.findCasesButton.click()
+    finish(gui)
     assert ui.casesTableWidget.rowCount() == 2 and ui.casesTableWidget.item(1, 0).text() == "case_2"
     ui.registerSiteButton.click()
+    finish(gui)
 
     assert len(gui.env.dialogs.errors) == 1
     message = gui.env.dialogs.errors[0]
@@ -322,14 +350,18 @@ def test_manual_case_pairs_can_be_added_and_removed(gui, backend) -> None:
     volume, segmentation = add_phantom_case(gui.scene, "manual", seed=1)
     ui = gui.ui
     ui.addCaseButton.click()
+    finish(gui)
     assert gui.env.dialogs.errors and "Choose an image volume" in gui.env.dialogs.errors[-1]
     ui.caseVolumeSelector.setCurrentNode(volume)
     ui.caseLabelsSelector.setCurrentNode(segmentation)
     ui.addCaseButton.click()
+    finish(gui)
     ui.addCaseButton.click()
+    finish(gui)
     assert [ui.casesTableWidget.item(r, 0).text() for r in range(2)] == ["manual", "manual_2"]
     ui.casesTableWidget.selectRow(0)
     ui.removeCaseButton.click()
+    finish(gui)
     assert ui.casesTableWidget.rowCount() == 1 and gui.widget.scenePairs[0].case_id == "manual_2"
 
 
@@ -366,6 +398,7 @@ def test_audit_loads_before_and_after_and_steps_through_cases(gui, backend, tmp_
     assert ui.auditSiteComboBox.currentText == "A" and ui.auditCaseComboBox._items == ["c1", "c2"]
     assert not ui.previousCaseButton.enabled and ui.nextCaseButton.enabled
     ui.loadCaseButton.click()
+    finish(gui)
 
     assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
     names = {gui.scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode").GetName()
@@ -378,15 +411,18 @@ def test_audit_loads_before_and_after_and_steps_through_cases(gui, backend, tmp_
     assert gui.env.app.layoutManager().slice_view_resets == 1
 
     ui.showChangesCheckBox.click()
+    finish(gui)
     case = gui.widget.logic.session.audit_case
     assert not case.changes.GetDisplayNode().GetVisibility() and case.ground_truth.GetDisplayNode().GetVisibility()
 
     ui.nextCaseButton.click()
+    finish(gui)
     assert ui.auditCaseComboBox.currentText == "c2" and ui.previousCaseButton.enabled and not ui.nextCaseButton.enabled
     assert gui.scene.GetFirstNodeByName("A c1 before (v1)") is None, "the previous case's nodes must be removed"
     assert gui.scene.GetFirstNodeByName("A c2 after (v2)") is not None
     assert not gui.widget.logic.session.audit_case.changes.GetDisplayNode().GetVisibility()
     ui.previousCaseButton.click()
+    finish(gui)
     assert ui.auditCaseComboBox.currentText == "c1"
 
 
@@ -461,6 +497,7 @@ def test_an_install_plan_that_only_adds_packages_is_confirmed_and_pins_everythin
 def test_missing_pytorch_extension_is_explained(gui, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
     gui.ui.connectButton.click()
+    finish(gui)
     assert len(gui.env.dialogs.errors) == 1 and "install 'PyTorch' from the Extensions Manager" in gui.env.dialogs.errors[0]
     assert gui.env.unhandled == [] and not poll_timer(gui).isActive()
 
@@ -475,29 +512,86 @@ def torch_ready(monkeypatch, gui):
     monkeypatch.setattr(gui.widget.logic, "planBackendInstall", lambda: InstallPlan([]))
 
 
-def test_local_backend_is_started_and_connected_from_the_timer(gui, torch_ready, tmp_path: Path) -> None:
+def start_local(gui, tmp_path: Path, serve: str | None = None) -> None:
     from stand_in_python import info_server_command, stand_in_python
 
-    gui.widget.logic.backendPython = str(stand_in_python(tmp_path, serve=info_server_command(tmp_path)))
+    gui.widget.logic.backendPython = str(stand_in_python(tmp_path, serve=serve or info_server_command(tmp_path)))
     gui.ui.storePathLineEdit.currentPath = str(tmp_path / "store")
     gui.ui.connectButton.click()
 
-    timer = poll_timer(gui)
+
+def test_local_backend_is_started_on_a_worker_and_stopped_on_disconnect(gui, torch_ready, tmp_path: Path) -> None:
+    start_local(gui, tmp_path)
+    assert not gui.ui.connectButton.enabled and gui.widget.tasks.busy("connect")
+    finish(gui)
+
     backend = gui.widget.logic.localBackend
-    assert timer.isActive() and not gui.ui.connectButton.enabled
-    assert gui.ui.backendStatusLabel.text == f"Starting the local backend on {backend.url} ..."
-    assert (tmp_path / "calls.txt").read_text().splitlines()[0] == f"-m dakr init {tmp_path / 'store'}"
-    deadline = time.monotonic() + 30
-    while timer.isActive() and time.monotonic() < deadline:
-        timer.fire()
-        time.sleep(0.1)
     assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls[0] == f"-m dakr init {tmp_path / 'store'}" and f"--parent-pid {os.getpid()}" in calls[2]
     assert gui.ui.backendStatusLabel.text == f"Connected to {backend.url} · API 1.0 · device cpu (CPU)"
-    assert gui.ui.adaptCollapsibleButton.enabled and not timer.isActive()
+    assert gui.ui.adaptCollapsibleButton.enabled
+    assert [dialog.labelText for dialog in gui.env.progress_dialogs] == [
+        "Checking the backend's Python requirements (pip dry run) ...", "Starting the local backend ..."]
+    assert not any(dialog.visible for dialog in gui.env.progress_dialogs)
+    lock = json.loads((tmp_path / "store" / ".dakr-slicer-server.json").read_text())
+    assert lock == {"url": backend.url, "token": backend.token, "pid": backend.process.pid}
+    assert stat.S_IMODE((tmp_path / "store" / ".dakr-slicer-server.json").stat().st_mode) == 0o600
 
     gui.ui.disconnectButton.click()
+    assert gui.widget.logic.session is None and gui.widget.tasks.busy("disconnect")
+    finish(gui)
+    assert not backend.running() and gui.ui.backendStatusLabel.text == "Not connected." and gui.ui.connectButton.enabled
+    assert not (tmp_path / "store" / ".dakr-slicer-server.json").exists()
+
+
+def test_a_second_slicer_reuses_the_running_server_of_the_store(gui, torch_ready, tmp_path: Path) -> None:
+    from DAKRSegmentationLib.server_lock import ServerLock, write_lock
+
+    other = Backend()
+    try:
+        write_lock(tmp_path / "store", ServerLock(other.server.url, "t0ken", os.getpid()))
+        start_local(gui, tmp_path)
+        finish(gui)
+        assert gui.env.dialogs.errors == []
+        assert gui.ui.backendStatusLabel.text.endswith("· server shared with another Slicer")
+        assert gui.widget.logic.session.client.base_url == other.server.url
+        assert gui.widget.logic.localBackend is None, "a reused server belongs to the module that started it"
+        assert not (tmp_path / "calls.txt").exists(), "no second server was started"
+        assert other.requests("GET", "/info")[0].headers["Authorization"] == "Bearer t0ken"
+    finally:
+        other.server.close()
+
+
+def test_a_stale_lock_is_ignored(tmp_path: Path) -> None:
+    from DAKRSegmentationLib.server_lock import ServerLock, running_server, write_lock
+
+    write_lock(tmp_path, ServerLock("http://127.0.0.1:9", "x", 2 ** 22 + 12345))
+    assert running_server(tmp_path) is None
+    write_lock(tmp_path, ServerLock("http://127.0.0.1:9", "x", os.getpid()))
+    assert running_server(tmp_path) is None
+
+
+def test_disconnect_asks_before_stopping_a_running_job_and_the_server_log_is_streamed(gui, torch_ready, tmp_path: Path) -> None:
+    start_local(gui, tmp_path)
+    finish(gui)
+    backend = gui.widget.logic.localBackend
+    with backend.log_file.open("a") as log:
+        log.write("INFO: Application startup complete.\n")
+    gui.widget.logic.followJob("j1")
+    gui.widget.pollTimer.start()
+    gui.widget.runInBackground("probe", lambda control: None, lambda _: None, "probe")
+    finish(gui)
+    assert "[server] INFO: Application startup complete." in gui.ui.jobLogTextEdit.toPlainText()
+
+    gui.env.dialogs.confirm_answer = False
+    gui.ui.disconnectButton.click()
+    assert "Resume continues it from its last checkpoint" in gui.env.dialogs.confirmations[-1]
+    assert backend.running() and gui.widget.logic.session is not None
+    gui.env.dialogs.confirm_answer = True
+    gui.ui.disconnectButton.click()
+    finish(gui)
     assert not backend.running() and gui.widget.logic.session is None
-    assert gui.ui.backendStatusLabel.text == "Not connected." and gui.ui.connectButton.enabled
 
 
 def test_a_local_backend_that_exits_is_reported(gui, torch_ready, tmp_path: Path) -> None:
@@ -506,13 +600,9 @@ def test_a_local_backend_that_exits_is_reported(gui, torch_ready, tmp_path: Path
     gui.widget.logic.backendPython = str(stand_in_python(tmp_path))
     gui.ui.storePathLineEdit.currentPath = str(tmp_path / "store")
     gui.ui.connectButton.click()
-    timer = poll_timer(gui)
-    deadline = time.monotonic() + 10
-    while timer.isActive() and time.monotonic() < deadline:
-        timer.fire()
-        time.sleep(0.05)
+    finish(gui)
     assert len(gui.env.dialogs.errors) == 1
-    assert "The local backend did not start." in gui.env.dialogs.errors[0]
+    assert "Cannot connect to the DAKR backend." in gui.env.dialogs.errors[0]
     assert "exit code 3" in gui.env.dialogs.errors[0] and "dakr serve: port in use" in gui.env.dialogs.errors[0]
     assert gui.widget.logic.localBackend is None and gui.ui.connectButton.enabled
 
@@ -526,6 +616,77 @@ def test_site_from_a_folder_is_registered_and_selected_for_adapting(gui, backend
     ui.siteNameLineEdit.text = "B"
     assert ui.registerSiteButton.enabled
     ui.registerSiteButton.click()
+    finish(gui)
     assert json.loads(backend.requests("POST", "/sites/from-path")[0].body) == {"name": "B", "path": str(tmp_path.resolve())}
     assert ui.jobStatusLabel.text == "Site B registered: 3 training and 1 audit cases. Ready to adapt."
     assert ui.adaptSiteComboBox.currentText == "B" and gui.env.dialogs.errors == []
+
+
+#: The longest a widget call may take on the GUI thread while every backend answer takes SLOW_S.
+GUI_BOUND_S = 0.25
+SLOW_S = 1.0
+
+
+def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) -> None:
+    from DAKRSegmentationLib.testing import add_phantom_case, phantom_arrays
+
+    durations: dict[str, float] = {}
+
+    def timed(label: str, action) -> None:
+        start = time.monotonic()
+        action()
+        durations[label] = time.monotonic() - start
+        finish(gui)
+
+    files = {key: _nifti(array, tmp_path / f"{key}.nii.gz") for key, array in
+             zip(("image", "label"), phantom_arrays(1))}
+    routes = backend.server.routes
+    routes[("GET", "/api/v1/sites/A/cases")] = (200, [{"case_id": "a2", "split": "audit"}])
+    routes[("GET", "/api/v1/sites/A/cases/a2/image")] = (200, files["image"])
+    for kind in ("label", "prediction"):
+        routes[("GET", f"/api/v1/sites/A/cases/a2/{kind}")] = (200, files["label"])
+    routes[("GET", "/api/v1/sites/A/cases/a2/dice")] = (200, {"before": 0.9, "after": 0.9})
+    routes[("POST", "/api/v1/sites")] = (201, {**SITES[1], "name": "C"})
+    backend.models = list(MODELS_V2)
+    backend.server.delay_s = SLOW_S
+    ui = gui.ui
+    ui.backendModeComboBox.currentIndex = 1
+    ui.remoteUrlLineEdit.text = backend.server.url
+    timed("connect", ui.connectButton.click)
+    assert gui.widget.logic.session is not None and ui.auditCaseComboBox._items == ["a2"]
+    timed("load case", ui.loadCaseButton.click)
+    assert gui.widget.logic.session.audit_case is not None
+    timed("show results", ui.showResultsButton.click)
+    for index in (1, 2):
+        add_phantom_case(gui.scene, f"case {index}", seed=index)
+    ui.findCasesButton.click()
+    ui.siteNameLineEdit.text = "C"
+    timed("register site", ui.registerSiteButton.click)
+    assert ui.jobStatusLabel.text.startswith("Site C registered")
+    timed("adapt", ui.adaptButton.click)
+    timed("poll", poll_timer(gui).fire)
+    timed("cancel", ui.cancelButton.click)
+    gui.widget.pollTimer.stop()
+    ui.versionsTableWidget.selectRow(0)
+    timed("rollback", ui.rollbackButton.click)
+    timed("disconnect", ui.disconnectButton.click)
+
+    assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
+    slow = {label: round(seconds, 3) for label, seconds in durations.items() if seconds > GUI_BOUND_S}
+    assert slow == {}, f"GUI-thread calls slower than {GUI_BOUND_S} s while the backend takes {SLOW_S} s: {slow}"
+    assert len(durations) == 9
+
+
+def test_a_timeout_names_the_slow_prediction(monkeypatch, tmp_path: Path) -> None:
+    from DAKRSegmentationLib import client as client_module
+
+    monkeypatch.setattr(client_module, "PREDICTION_TIMEOUT_S", 0.2)
+    server = FakeBackend({("GET", "/api/v1/sites/A/cases/c1/prediction"): (200, b"x")})
+    server.delay_s = 1.0
+    try:
+        client = client_module.BackendClient(server.url, timeout_s=0.2)
+        with pytest.raises(client_module.BackendTimeoutError, match=r"did not answer GET .*prediction within 0.2 s \(it "
+                                                                    r"computes the prediction of v3 for c1 on request"):
+            client.download_case_file("A", "c1", "prediction", tmp_path / "p.nii.gz", 3)
+    finally:
+        server.close()
