@@ -173,7 +173,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dakr.service import serve_main
 
     token = Path(args.token_file).read_text().strip() if args.token_file else args.token
-    return serve_main(args.store, host=args.host, port=args.port, token=token, max_upload_mb=args.max_upload_mb)
+    return serve_main(args.store, host=args.host, port=args.port, token=token, max_upload_mb=args.max_upload_mb,
+                      parent_pid=args.parent_pid)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -262,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--token", help="bearer token clients must send")
     token.add_argument("--token-file", help="file holding the bearer token")
     sub.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest accepted upload (default 2048 MB)")
+    sub.add_argument("--parent-pid", type=int, help="shut down when this process ends (the Slicer that started the server)")
 
     sub = verbs.add_parser("worker", help=argparse.SUPPRESS)
     sub.set_defaults(handler=cmd_worker)

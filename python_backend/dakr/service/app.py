@@ -19,6 +19,7 @@ from dakr.data.errors import DataError, SiteValidationError
 from dakr.service import routes_audit, routes_info, routes_jobs, routes_models, routes_sites
 from dakr.service.context import ServiceContext
 from dakr.service.jobs import JobConflict, JobRunner, JobStateError
+from dakr.service.parent_watch import watch_parent
 from dakr.service.uploads import UploadLimitMiddleware
 from dakr.service.security import ServiceConfigError, bearer_token_dependency, check_bind, is_loopback
 from dakr.store import Store, StoreError
@@ -113,10 +114,12 @@ def serve_main(
     port: int = 8000,
     token: str | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    parent_pid: int | None = None,
 ) -> int:
     """Run the API server until interrupted; returns the exit code (2 for a refused configuration).
 
-    Binding to an address other than loopback needs a ``token``.
+    Binding to an address other than loopback needs a ``token``. With ``parent_pid`` the server shuts
+    down when that process ends.
     """
     try:
         app = create_app(store_path, token=token, loopback=is_loopback(host), max_upload_mb=max_upload_mb)
@@ -125,5 +128,7 @@ def serve_main(
         return 2
     auth = "token required" if token else "no token (loopback only)"
     print(f"dakr serve: store {Path(store_path).resolve()} on http://{host}:{port}{API_PREFIX} ({auth})", file=sys.stderr)
+    if parent_pid is not None:
+        watch_parent(parent_pid)
     uvicorn.run(app, host=host, port=port, log_level="info")
     return 0
