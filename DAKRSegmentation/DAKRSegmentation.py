@@ -38,7 +38,9 @@ from DAKRSegmentationLib.install_plan import InstallPlan, installed_versions, pl
 from DAKRSegmentationLib.client import BackendClient, JobConflictError
 from DAKRSegmentationLib.jobs import FINISHED_STATES, JobMonitor, JobUpdate, format_event
 from DAKRSegmentationLib.results import VersionComparison
+from DAKRSegmentationLib.regressions import CaseRegression
 from DAKRSegmentationLib.session import STRATEGIES, AdaptSettings, Session
+from DAKRSegmentationLib.terminology import terminology_colors
 from DAKRSegmentationLib.testing import TINY_TRAINING, add_phantom_case
 
 BACKEND_LOCAL = "local"
@@ -51,6 +53,12 @@ POLL_INTERVAL_MS = 1000
 LOCAL_START_TIMEOUT_S = 300
 #: Period of the QTimer that collects finished background tasks.
 TASK_INTERVAL_MS = 100
+#: How long a job-end notification stays in the status bar (ms).
+NOTIFICATION_MS = 10000
+#: Key that toggles the before/after flicker while the module is shown.
+FLICKER_KEY = "F"
+#: Column of the audit table holding the Dice change (the default sort: largest drop first).
+AUDIT_CHANGE_COLUMN = 3
 
 
 def _version_text(version: tuple[int, ...]) -> str:
@@ -105,7 +113,10 @@ class DAKRSegmentationParameterNode:
     lambdaCna: Annotated[float, WithinRange(0.0, 100.0)] = AdaptSettings.lambda_cna
     lambdaCra: Annotated[float, WithinRange(0.0, 100.0)] = AdaptSettings.lambda_cra
     showGroundTruth: bool = True
-    showChanges: bool = True
+    showLost: bool = True
+    showGained: bool = True
+    #: Opacity of the audit segmentations in percent.
+    auditOpacity: Annotated[int, WithinRange(0, 100)] = 60
     #: The adapt job being followed; kept so a reloaded module can follow or resume it.
     jobId: str = ""
     resultsTable: vtkMRMLTableNode
@@ -296,9 +307,15 @@ class DAKRSegmentationLogic(ScriptedLoadableModuleLogic):
         return self.showAuditFiles(self.requireSession().download_audit_case(site, caseId, before, after))
 
     def showAuditFiles(self, files: audit.AuditFiles) -> audit.AuditCase:
-        """Load downloaded audit files into linked side-by-side views (GUI thread)."""
-        case = self.requireSession().show_audit_files(files)
-        audit.show_side_by_side(slicer.mrmlScene, case)
+        """Load downloaded audit files into the audit layout (GUI thread), segments coloured from the
+        terminologies where a label name is a terminology type."""
+        session = self.requireSession()
+        if session.label_colors is None:
+            terminologies = getattr(slicer.modules, "terminologies", None)
+            session.label_colors = terminology_colors(terminologies.logic() if terminologies else None,
+                                                      [name for name, value in (session.label_names or {}).items() if value])
+        case = session.show_audit_files(files, session.label_colors)
+        audit.show_audit_layout(slicer.mrmlScene, case)
         slicer.util.resetSliceViews()
         audit.centre_views(slicer.mrmlScene, case)
         return case
@@ -327,7 +344,10 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.scenePairs: list[mrmlio.ScenePair] = []
         self.models: list[dict] = []
         self.versionIds: list[int] = []
-        self.auditCaseIds: list[str] = []
+        #: Rows of the audit table (by case id) for the site and versions shown.
+        self.auditCases: dict[str, CaseRegression] = {}
+        self.flickerShortcut = None
+        self.trayIcon = None
         #: Whether the job in the parameter node's ``jobId`` can be resumed.
         self.jobResumable = False
 
@@ -356,9 +376,17 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resumeButton.connect("clicked(bool)", self.onResume)
         self.ui.showResultsButton.connect("clicked(bool)", self.onShowResults)
         self.ui.auditSiteComboBox.connect("currentIndexChanged(int)", self.onAuditSiteChanged)
+        self.ui.auditCasesTableWidget.connect("cellClicked(int,int)", self.onAuditCaseClicked)
+        self.ui.auditCasesTableWidget.connect("itemSelectionChanged()", self.updateGUIFromState)
+        self.ui.beforeVersionComboBox.connect("currentIndexChanged(int)", self.onAuditSiteChanged)
+        self.ui.afterVersionComboBox.connect("currentIndexChanged(int)", self.onAuditSiteChanged)
+        self.ui.flickerButton.connect("toggled(bool)", self.onFlicker)
         self.ui.loadCaseButton.connect("clicked(bool)", self.onLoadCase)
         self.ui.previousCaseButton.connect("clicked(bool)", self.onPreviousCase)
         self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
+
+        for table in (self.ui.auditCasesTableWidget, self.ui.resultsTableView):
+            table.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
 
         self.initializeParameterNode()
         self.updateGUIFromState()
@@ -381,8 +409,14 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.flickerShortcut = qt.QShortcut(qt.QKeySequence(FLICKER_KEY), slicer.util.mainWindow())
+        self.flickerShortcut.connect("activated()", self.ui.flickerButton.click)
 
     def exit(self) -> None:
+        if self.flickerShortcut is not None:
+            self.flickerShortcut.setParent(None)
+            self.flickerShortcut = None
+        self.trayIcon = None
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -516,18 +550,19 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasVersions = len(self.versionIds) > 0
         self.ui.showResultsButton.enabled = hasVersions
         loading = self.tasks.busy("audit")
-        self.ui.loadCaseButton.enabled = hasVersions and bool(self.auditCaseIds) and not loading
-        self.ui.previousCaseButton.enabled = self.ui.loadCaseButton.enabled and self.ui.auditCaseComboBox.currentIndex > 0
-        self.ui.nextCaseButton.enabled = (self.ui.loadCaseButton.enabled
-                                          and self.ui.auditCaseComboBox.currentIndex < len(self.auditCaseIds) - 1)
+        row = self.ui.auditCasesTableWidget.currentRow()
+        self.ui.loadCaseButton.enabled = hasVersions and row >= 0 and not loading
+        self.ui.previousCaseButton.enabled = hasVersions and row > 0 and not loading
+        self.ui.nextCaseButton.enabled = hasVersions and 0 <= row < self.ui.auditCasesTableWidget.rowCount() - 1 and not loading
+        self.ui.flickerButton.enabled = self.logic.session is not None and self.logic.session.audit_case is not None
         self.updateAuditVisibility()
 
     def updateAuditVisibility(self) -> None:
         case = self.logic.session.audit_case if self.logic.session else None
         if case is None:
             return
-        case.ground_truth.GetDisplayNode().SetVisibility(self._parameterNode.showGroundTruth)
-        case.changes.GetDisplayNode().SetVisibility(self._parameterNode.showChanges)
+        params = self._parameterNode
+        audit.set_overlays(case, params.showGroundTruth, params.showLost, params.showGained, params.auditOpacity / 100.0)
 
     # -- backend ----------------------------------------------------------------------------------
     def onConnect(self) -> None:
@@ -798,7 +833,25 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.showJobUpdate(update)
         if update.finished:
             self.pollTimer.stop()
+            self.notify(f"DAKR job {update.job_id}: {update.status_text}")
             self.onJobFinished(update)
+
+    def notify(self, text: str) -> None:
+        """A status bar message and, when Slicer's window is not active, a desktop notification (a
+        tray message where the desktop has a tray, else a short message box)."""
+        mainWindow = slicer.util.mainWindow()
+        if mainWindow is None:
+            return
+        mainWindow.statusBar().showMessage(text, NOTIFICATION_MS)
+        if mainWindow.isActiveWindow():
+            return
+        if qt.QSystemTrayIcon.isSystemTrayAvailable():
+            if self.trayIcon is None:
+                self.trayIcon = qt.QSystemTrayIcon(mainWindow.windowIcon, mainWindow)
+            self.trayIcon.show()
+            self.trayIcon.showMessage("DAKR Segmentation", text)
+        else:
+            slicer.util.delayDisplay(text, NOTIFICATION_MS)
 
     def showJobUpdate(self, update: JobUpdate) -> None:
         percent = update.percent
@@ -866,48 +919,81 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.runInBackground("results", lambda control: session.fetch_results(), show, "Cannot show the results.")
 
     # -- audit ------------------------------------------------------------------------------------
-    def onAuditSiteChanged(self, index: int) -> None:
-        self.auditCaseIds = []
-        self.showAuditCaseIds([])
+    def onAuditSiteChanged(self, index: int = 0) -> None:
+        """Fetch the audit table of the chosen site for the Before/After versions on a worker."""
+        self.showAuditTable([])
         site = self.ui.auditSiteComboBox.currentText
-        if self.logic.session is None or not site:
+        if self.logic.session is None or not site or not self.versionIds:
             return
-        client = self.logic.session.client
-        self.runInBackground("audit-cases", lambda control: audit.audit_case_ids(client, site), self.showAuditCaseIds,
-                             f"Cannot list the audit cases of {site}.")
+        before, after = self.selectedVersions()
+        session = self.logic.session
+        self.runInBackground("audit-cases", lambda control: session.fetch_audit_table(site, before, after),
+                             self.showAuditTable, f"Cannot list the audit cases of {site}.")
 
-    def showAuditCaseIds(self, caseIds: list[str]) -> None:
-        self.auditCaseIds = list(caseIds)
-        self.ui.auditCaseComboBox.clear()
-        for caseId in self.auditCaseIds:
-            self.ui.auditCaseComboBox.addItem(caseId)
+    def showAuditTable(self, cases: list[CaseRegression]) -> None:
+        """One row per audit case, numbers sortable, sorted by change (largest drop first)."""
+        self.auditCases = {case.case_id: case for case in cases}
+        table = self.ui.auditCasesTableWidget
+        table.sortingEnabled = False
+        table.setRowCount(len(cases))
+        for row, case in enumerate(cases):
+            worst = case.worst
+            cells = [case.case_id, case.before, case.after, case.change,
+                     None if worst is None else f"{worst[0]} {worst[1]:+.3f}"]
+            for column, value in enumerate(cells):
+                item = qt.QTableWidgetItem()
+                if isinstance(value, float):
+                    item.setData(qt.Qt.DisplayRole, round(value, 3))
+                else:
+                    item.setText("n/a" if value is None else value)
+                item.setToolTip(case.structure_text())
+                table.setItem(row, column, item)
+        table.sortingEnabled = True
+        table.sortItems(AUDIT_CHANGE_COLUMN, qt.Qt.AscendingOrder)
         self.updateGUIFromState()
+
+    def auditCaseAt(self, row: int) -> str | None:
+        item = self.ui.auditCasesTableWidget.item(row, 0)
+        return None if item is None else item.text()
+
+    def onAuditCaseClicked(self, row: int, column: int = 0) -> None:
+        self.ui.auditCasesTableWidget.selectRow(row)
+        self.onLoadCase()
 
     def onLoadCase(self) -> None:
         """Downloads (and an uncached prediction) on a worker with a cancellable progress dialog; MRML on the GUI thread."""
         site = self.ui.auditSiteComboBox.currentText
-        caseId = self.ui.auditCaseComboBox.currentText
+        caseId = self.auditCaseAt(self.ui.auditCasesTableWidget.currentRow())
+        if caseId is None:
+            return
         before, after = self.selectedVersions()
         session = self.logic.requireSession()
 
         def show(files: audit.AuditFiles) -> None:
             case = self.logic.showAuditFiles(files)
+            self.ui.flickerButton.checked = False
+            row = self.auditCases.get(caseId)
             self.ui.auditDiceLabel.text = (
                 f"{site} / {caseId}: Dice v{before} {_dice_text(case.dice_before)} → v{after} {_dice_text(case.dice_after)}"
-                f" · {case.changed_voxels} voxels changed")
-            self.updateAuditVisibility()
+                f" · {case.lost_voxels} voxels lost, {case.gained_voxels} gained"
+                + (f"\n{row.structure_text()}" if row is not None and row.structures else ""))
+            self.updateGUIFromState()
 
         self.runInBackground(
             "audit", lambda control: session.download_audit_case(site, caseId, before, after, lambda: control.cancelled),
             show, f"Cannot load case {caseId} of {site}.", progress=f"Loading {site} / {caseId} (v{before} and v{after}) ...")
 
     def onPreviousCase(self) -> None:
-        self.ui.auditCaseComboBox.currentIndex = max(0, self.ui.auditCaseComboBox.currentIndex - 1)
-        self.onLoadCase()
+        self.onAuditCaseClicked(max(0, self.ui.auditCasesTableWidget.currentRow() - 1))
 
     def onNextCase(self) -> None:
-        self.ui.auditCaseComboBox.currentIndex = min(len(self.auditCaseIds) - 1, self.ui.auditCaseComboBox.currentIndex + 1)
-        self.onLoadCase()
+        table = self.ui.auditCasesTableWidget
+        self.onAuditCaseClicked(min(table.rowCount() - 1, table.currentRow() + 1))
+
+    def onFlicker(self, swapped: bool) -> None:
+        case = self.logic.session.audit_case if self.logic.session else None
+        if case is not None:
+            audit.show_flicker(slicer.mrmlScene, case, swapped)
 
 
 def _dice_text(value: float | None) -> str:
@@ -987,7 +1073,8 @@ class DAKRSegmentationTest(ScriptedLoadableModuleTest):
             dice = session.client.case_dice("SiteA", caseId, before, after)
             self.assertEqual((case.dice_before, case.dice_after), (dice["before"], dice["after"]))
             self.assertEqual(case.before.GetSegmentation().GetNumberOfSegments(), 2)
-            self.assertEqual(case.changes.GetSegmentation().GetNthSegment(0).GetName(), "changed voxels")
+            names = {case.regressions.GetSegmentation().GetNthSegment(i).GetName() for i in range(2)}
+            self.assertEqual(names, {mrmlio.LOST, mrmlio.GAINED})
             self.delayDisplay("Test passed")
         finally:
             logic.disconnect()

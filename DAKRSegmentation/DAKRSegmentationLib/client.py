@@ -263,6 +263,10 @@ class BackendClient:
     def case_dice(self, site: str, case_id: str, before: int, after: int) -> dict[str, float | None]:
         return self._json("GET", f"/sites/{_quote(site)}/cases/{_quote(case_id)}/dice", query={"before": before, "after": after})
 
+    def site_audit_dice(self, site: str, before: int, after: int) -> list[dict[str, Any]]:
+        """Per-structure Dice of every audit case of ``site`` under two versions (one dict per case)."""
+        return self._json("GET", f"/sites/{_quote(site)}/audit-dice", query={"before": before, "after": after})
+
     def download_case_file(self, site: str, case_id: str, kind: str, destination: Path, version: int | None = None,
                            cancelled: Callable[[], bool] | None = None) -> Path:
         """Download a stored case's ``image``, ``label`` or ``prediction`` (of ``version``) as NIfTI.

@@ -26,8 +26,10 @@ LABEL_COLORS: tuple[tuple[float, float, float], ...] = (
     (0.20, 0.80, 0.75),
     (0.85, 0.45, 0.65),
 )
-#: Colour of the segment marking voxels whose label changed between two versions.
-CHANGED_COLOR = (1.0, 0.0, 1.0)
+#: Segments of the regression overlay and their colours (as in the HTML report): voxels that were
+#: right before and are wrong after, and the reverse.
+LOST, GAINED = "lost", "gained"
+REGRESSION_COLORS = {LOST: (0.84, 0.15, 0.16), GAINED: (0.17, 0.63, 0.17)}
 
 
 def label_color(value: int) -> tuple[float, float, float]:
@@ -54,15 +56,24 @@ def case_id_from_name(name: str, taken: set[str] | None = None) -> str:
     return candidate
 
 
+def nodes_of_class(scene: "slicer.vtkMRMLScene", class_name: str) -> list:
+    """The nodes of a class in ``scene``. Like ``slicer.util.getNodesByClass`` (the collection the
+    scene returns is released, so nothing leaks), but for the given scene: Slicer's helper reads
+    ``slicer.mrmlScene`` whatever scene it is given."""
+    collection = scene.GetNodesByClass(class_name)
+    collection.UnRegister(None)
+    return [collection.GetItemAsObject(index) for index in range(collection.GetNumberOfItems())]
+
+
 def find_scene_pairs(scene: "slicer.vtkMRMLScene") -> list[ScenePair]:
     """Pair each image volume with its labels: a segmentation whose reference geometry is the volume,
     else a labelmap named like the volume plus a ``-label``/``_seg`` style suffix."""
     volumes = [
-        node for node in _nodes(scene, "vtkMRMLScalarVolumeNode")
+        node for node in nodes_of_class(scene, "vtkMRMLScalarVolumeNode")
         if not node.IsA("vtkMRMLLabelMapVolumeNode")
     ]
-    segmentations = _nodes(scene, "vtkMRMLSegmentationNode")
-    labelmaps = _nodes(scene, "vtkMRMLLabelMapVolumeNode")
+    segmentations = nodes_of_class(scene, "vtkMRMLSegmentationNode")
+    labelmaps = nodes_of_class(scene, "vtkMRMLLabelMapVolumeNode")
     pairs: list[ScenePair] = []
     taken: set[str] = set()
     for volume in volumes:
@@ -82,11 +93,6 @@ def find_scene_pairs(scene: "slicer.vtkMRMLScene") -> list[ScenePair]:
             taken.add(case_id)
             pairs.append(ScenePair(case_id, volume, labels))
     return pairs
-
-
-def _nodes(scene: "slicer.vtkMRMLScene", class_name: str) -> list:
-    collection = scene.GetNodesByClass(class_name)
-    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -224,25 +230,43 @@ def import_labelmap_file(scene: "slicer.vtkMRMLScene", path: Path, name: str, la
         scene.RemoveNode(labelmap)
 
 
-def changed_voxels_segmentation(before: "slicer.vtkMRMLLabelMapVolumeNode", after: "slicer.vtkMRMLLabelMapVolumeNode",
-                                name: str) -> tuple["slicer.vtkMRMLSegmentationNode", np.ndarray]:
-    """A segmentation with one segment, ``changed voxels``, where ``before`` and ``after`` differ,
-    and that mask as a (k, j, i) array. Both label maps must share one grid."""
-    if not same_geometry(before, after):
-        raise ValueError(f"'{before.GetName()}' and '{after.GetName()}' are not on the same grid; cannot compare them voxel-wise")
-    changed = (slicer.util.arrayFromVolume(before) != slicer.util.arrayFromVolume(after)).astype(np.uint8)
-    scene = before.GetScene()
+def regression_segmentation(truth: "slicer.vtkMRMLLabelMapVolumeNode", before: "slicer.vtkMRMLLabelMapVolumeNode",
+                            after: "slicer.vtkMRMLLabelMapVolumeNode", name: str,
+                            ) -> tuple["slicer.vtkMRMLSegmentationNode", np.ndarray, np.ndarray]:
+    """A segmentation with segments ``lost`` (right before, wrong after) and ``gained`` (wrong before,
+    right after), and those two masks as (k, j, i) arrays. All three label maps must share one grid."""
+    for other in (before, after):
+        if not same_geometry(truth, other):
+            raise ValueError(f"'{truth.GetName()}' and '{other.GetName()}' are not on the same grid; cannot compare them voxel-wise")
+    truth_array = slicer.util.arrayFromVolume(truth)
+    right_before = slicer.util.arrayFromVolume(before) == truth_array
+    right_after = slicer.util.arrayFromVolume(after) == truth_array
+    lost, gained = right_before & ~right_after, ~right_before & right_after
+    codes = np.zeros(truth_array.shape, dtype=np.uint8)
+    codes[lost], codes[gained] = 1, 2
+    scene = truth.GetScene()
     mask = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"__dakr_{name}__")
     try:
         matrix = vtk.vtkMatrix4x4()
-        before.GetIJKToRASMatrix(matrix)
+        truth.GetIJKToRASMatrix(matrix)
         mask.SetIJKToRASMatrix(matrix)
-        slicer.util.updateVolumeFromArray(mask, changed)
-        segmentation = labelmap_to_segmentation(mask, name, {"changed voxels": 1}, before)
-        segmentation.GetSegmentation().GetNthSegment(0).SetColor(*CHANGED_COLOR)
-        return segmentation, changed.astype(bool)
+        slicer.util.updateVolumeFromArray(mask, codes)
+        segmentation = labelmap_to_segmentation(mask, name, {LOST: 1, GAINED: 2}, truth)
+        segments = segmentation.GetSegmentation()
+        for index in range(segments.GetNumberOfSegments()):
+            segment = segments.GetNthSegment(index)
+            segment.SetColor(*REGRESSION_COLORS[segment.GetName()])
+        return segmentation, lost, gained
     finally:
         scene.RemoveNode(mask)
+
+
+def segment_id(segmentation: "slicer.vtkMRMLSegmentationNode", name: str) -> str:
+    """The ID of the segment called ``name``."""
+    segment = segmentation.GetSegmentation().GetSegmentIdBySegmentName(name)
+    if not segment:
+        raise KeyError(f"'{segmentation.GetName()}' has no segment '{name}'")
+    return segment
 
 
 def mask_centre(volume: "slicer.vtkMRMLVolumeNode", mask: np.ndarray) -> tuple[float, float, float] | None:

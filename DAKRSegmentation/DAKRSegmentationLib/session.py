@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import slicer
 
-from . import audit, mrmlio, results
+from . import audit, mrmlio, regressions, results
 from .client import BackendClient, UploadCase, ValidationFailedError
 from .jobs import RESUMABLE_STATES, JobMonitor
 
@@ -102,6 +102,8 @@ class Session:
         self.work_dir = Path(work_dir)
         self.info = client.info()
         self.audit_case: audit.AuditCase | None = None
+        #: Segment colours by label name from Slicer's terminologies (``None``: not looked up yet).
+        self.label_colors: dict[str, tuple[float, float, float]] | None = None
 
     def refresh(self) -> dict[str, Any]:
         self.info = self.client.info()
@@ -227,13 +229,19 @@ class Session:
             self.refresh()
         return audit.download_audit_case(self.client, site, case_id, before, after, self._work_folder() / "audit", cancelled)
 
-    def show_audit_files(self, files: audit.AuditFiles) -> audit.AuditCase:
-        """Load downloaded audit files into the scene, replacing the previous audit case (GUI thread)."""
+    def show_audit_files(self, files: audit.AuditFiles,
+                         colors: dict[str, tuple[float, float, float]] | None = None) -> audit.AuditCase:
+        """Load downloaded audit files into the scene, replacing the previous audit case (GUI thread);
+        ``colors``: segment colours by label name (from the terminologies)."""
         if self.audit_case is not None:
             self.audit_case.remove()
             self.audit_case = None
-        self.audit_case = audit.load_audit_files(self.scene, files, self.label_names or {})
+        self.audit_case = audit.load_audit_files(self.scene, files, self.label_names or {}, colors)
         return self.audit_case
+
+    def fetch_audit_table(self, site: str, before: int, after: int) -> list[regressions.CaseRegression]:
+        """The per-case, per-structure Dice of a site's audit cases (no MRML: safe on a worker thread)."""
+        return regressions.case_regressions(self.client.site_audit_dice(site, before, after))
 
     def _work_folder(self) -> Path:
         self.work_dir.mkdir(parents=True, exist_ok=True)

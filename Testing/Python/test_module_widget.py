@@ -19,6 +19,7 @@ import SimpleITK as sitk
 import slicer
 
 import slicer_gui_doubles as doubles
+from DAKRSegmentationLib import mrmlio
 from fake_http import INFO, FakeBackend
 
 MODELS_V1 = [{"id": 1, "parent": None, "site": "A", "strategy": "dakr", "created": "2026-01-02T10:00:00", "seed": 0,
@@ -53,6 +54,9 @@ class Backend:
             ("GET", "/api/v1/sites"): (200, SITES),
             ("GET", "/api/v1/sites/A/cases"): (200, [{"case_id": "a1", "split": "train"}, {"case_id": "a2", "split": "audit"}]),
             ("GET", "/api/v1/sites/B/cases"): (200, [{"case_id": "b1", "split": "train"}, {"case_id": "b2", "split": "audit"}]),
+            ("GET", "/api/v1/sites/A/audit-dice"): (200, [{"case_id": "a2", "before": {"shell": 0.9, "core": 0.8},
+                                                            "after": {"shell": 0.85, "core": 0.82}}]),
+            ("GET", "/api/v1/sites/B/audit-dice"): (200, [{"case_id": "b2", "before": None, "after": {"shell": 0.9, "core": 0.7}}]),
             ("GET", "/api/v1/jobs"): lambda r: (200, self.jobs_list),
             ("POST", "/api/v1/jobs"): (202, {"job_id": "j1"}),
             ("GET", "/api/v1/jobs/j1/events"): self._events,
@@ -134,8 +138,8 @@ def test_setup_binds_the_parameter_node_and_wires_every_button(gui) -> None:
     params.strategy = "ewc"
     assert ui.strategyComboBox.currentText == "ewc"
     buttons = [w for w in vars(ui).values() if type(w) is doubles.QPushButton]
-    assert len(buttons) == 14
-    unwired = [b.name for b in buttons if not b.connections("clicked(bool)")]
+    assert len(buttons) == 15
+    unwired = [b.name for b in buttons if not b.connections("clicked(bool)") and not b.connections("toggled(bool)")]
     assert unwired == []
     # nothing but the backend section works before a connection
     assert ui.connectButton.enabled and not ui.adaptCollapsibleButton.enabled and not ui.auditCollapsibleButton.enabled
@@ -373,7 +377,15 @@ def _nifti(array: np.ndarray, path: Path) -> bytes:
     return path.read_bytes()
 
 
-def test_audit_loads_before_and_after_and_steps_through_cases(gui, backend, tmp_path: Path) -> None:
+AUDIT_DICE_A = [
+    {"case_id": "c1", "before": {"shell": 0.95, "core": 0.9}, "after": {"shell": 0.94, "core": 0.92}},
+    {"case_id": "c2", "before": {"shell": 0.9, "core": 0.8}, "after": {"shell": 0.7, "core": 0.78}},
+    {"case_id": "c3", "before": {"shell": 0.9, "core": 0.8}, "after": None},
+]
+
+
+def audit_backend(backend: Backend, tmp_path: Path) -> dict:
+    """Site A with audit cases c1, c2 (files) and c3 (not evaluated by v2); v1 → v2."""
     from DAKRSegmentationLib.testing import phantom_arrays
 
     files = {}
@@ -384,46 +396,151 @@ def test_audit_loads_before_and_after_and_steps_through_cases(gui, backend, tmp_
         files[case] = {key: _nifti(array, tmp_path / f"{case}-{key}.nii.gz")
                        for key, array in (("image", image), ("label", labels), ("1", labels), ("2", after))}
     routes = backend.server.routes
-    routes[("GET", "/api/v1/sites/A/cases")] = (200, [{"case_id": "c2", "split": "audit"}, {"case_id": "t1", "split": "train"},
-                                                      {"case_id": "c1", "split": "audit"}])
+    routes[("GET", "/api/v1/sites/A/audit-dice")] = (200, AUDIT_DICE_A)
     for case in files:
         routes[("GET", f"/api/v1/sites/A/cases/{case}/image")] = (200, files[case]["image"])
         routes[("GET", f"/api/v1/sites/A/cases/{case}/label")] = (200, files[case]["label"])
         routes[("GET", f"/api/v1/sites/A/cases/{case}/prediction")] = lambda r, case=case: (200, files[case][r.query["version"][0]])
         routes[("GET", f"/api/v1/sites/A/cases/{case}/dice")] = (200, {"before": 0.91, "after": 0.87})
     backend.models = list(MODELS_V2)
-    connect_remote(gui, backend)
-    ui = gui.ui
+    return files
 
-    assert ui.auditSiteComboBox.currentText == "A" and ui.auditCaseComboBox._items == ["c1", "c2"]
-    assert not ui.previousCaseButton.enabled and ui.nextCaseButton.enabled
-    ui.loadCaseButton.click()
+
+def table_rows(table) -> list[list[str]]:
+    return [[table.item(row, column).text() for column in range(table.columnCount())] for row in range(table.rowCount())]
+
+
+def test_audit_table_lists_cases_regressions_first_and_sortable(gui, backend, tmp_path: Path) -> None:
+    audit_backend(backend, tmp_path)
+    connect_remote(gui, backend)
+    table = gui.ui.auditCasesTableWidget
+    assert gui.env.dialogs.errors == []
+    assert backend.requests("GET", "/sites/A/audit-dice")[-1].query == {"before": ["1"], "after": ["2"]}
+    assert table_rows(table) == [["c2", "0.85", "0.74", "-0.11", "shell -0.200"],
+                                 ["c1", "0.925", "0.93", "0.005", "shell -0.010"],
+                                 ["c3", "0.85", "n/a", "n/a", "n/a"]]
+    assert table.sortingEnabled and table.item(0, 3).data(0) == pytest.approx(-0.11)
+    assert "shell 0.900 → 0.700 (-0.200) · core 0.800 → 0.780 (-0.020)" == table.item(0, 0).tooltip
+    assert table.horizontalHeader().resize_mode == doubles.QHeaderView.Stretch
+    assert table.horizontalScrollBarPolicy is not None and gui.ui.resultsTableView.horizontalHeader().resize_mode == doubles.QHeaderView.Stretch
+
+
+def test_clicking_a_row_loads_lost_and_gained_overlays_in_the_audit_layout(gui, backend, tmp_path: Path) -> None:
+    audit_backend(backend, tmp_path)
+    connect_remote(gui, backend)
+    ui, scene = gui.ui, gui.scene
+    ui.auditCasesTableWidget.clickRow(1)
     finish(gui)
 
     assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
-    names = {gui.scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode").GetName()
-             for i in range(gui.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))}
-    assert names == {"A c1 ground truth", "A c1 before (v1)", "A c1 after (v2)", "A c1 changed v1-v2"}
-    changed = int((phantom_arrays(1)[1][6, 12:16, 12:16] != 0).sum())
-    assert ui.auditDiceLabel.text == f"A / c1: Dice v1 0.910 → v2 0.870 · {changed} voxels changed"
-    layout = gui.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
-    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
-    assert gui.env.app.layoutManager().slice_view_resets == 1
-
-    ui.showChangesCheckBox.click()
-    finish(gui)
+    assert gui.env.progress_dialogs[-1].labelText == "Loading A / c1 (v1 and v2) ..."
+    names = {node.GetName() for node in mrmlio.nodes_of_class(scene, "vtkMRMLSegmentationNode")}
+    assert names == {"A c1 ground truth", "A c1 before (v1)", "A c1 after (v2)", "A c1 lost/gained v1-v2"}
     case = gui.widget.logic.session.audit_case
-    assert not case.changes.GetDisplayNode().GetVisibility() and case.ground_truth.GetDisplayNode().GetVisibility()
+    lost = int((phantom_labels(1)[6, 12:16, 12:16] != 0).sum())
+    assert (case.lost_voxels, case.gained_voxels) == (lost, 0)
+    assert ui.auditDiceLabel.text == (f"A / c1: Dice v1 0.910 → v2 0.870 · {lost} voxels lost, 0 gained\n"
+                                      "shell 0.950 → 0.940 (-0.010) · core 0.900 → 0.920 (+0.020)")
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView
+    views = {name: view_id(scene, name) for name in ("Red", "Yellow", "Green", "1")}
+    shown_in = lambda node: set(node.GetDisplayNode().GetViewNodeIDs())  # noqa: E731
+    assert shown_in(case.before) == {views["Red"]}
+    assert shown_in(case.after) == {views["Yellow"], views["Green"], views["1"]}
+    assert shown_in(case.regressions) == set(views.values())
+    assert case.after.GetSegmentation().ContainsRepresentation("Closed surface"), "after is shown in 3D"
 
-    ui.nextCaseButton.click()
-    finish(gui)
-    assert ui.auditCaseComboBox.currentText == "c2" and ui.previousCaseButton.enabled and not ui.nextCaseButton.enabled
-    assert gui.scene.GetFirstNodeByName("A c1 before (v1)") is None, "the previous case's nodes must be removed"
-    assert gui.scene.GetFirstNodeByName("A c2 after (v2)") is not None
-    assert not gui.widget.logic.session.audit_case.changes.GetDisplayNode().GetVisibility()
+    ui.showLostCheckBox.click()
+    display = case.regressions.GetDisplayNode()
+    lost_id = case.regressions.GetSegmentation().GetSegmentIdBySegmentName("lost")
+    gained_id = case.regressions.GetSegmentation().GetSegmentIdBySegmentName("gained")
+    assert not display.GetSegmentVisibility(lost_id) and display.GetSegmentVisibility(gained_id)
+    ui.auditOpacitySlider.value = 25
+    assert case.after.GetDisplayNode().GetOpacity() == pytest.approx(0.25)
+
+    gui.widget.enter()
+    (shortcut,) = gui.env.shortcuts
+    assert shortcut.key == "F"
+    shortcut.activate()
+    assert ui.flickerButton.checked
+    assert shown_in(case.before) == {views["Yellow"], views["Green"], views["1"]} and shown_in(case.after) == {views["Red"]}
+    shortcut.activate()
+    assert shown_in(case.before) == {views["Red"]}
+    gui.widget.exit()
+    shortcut.activate()
+    assert not ui.flickerButton.checked, "the key does nothing once the module is left"
+
     ui.previousCaseButton.click()
     finish(gui)
-    assert ui.auditCaseComboBox.currentText == "c1"
+    assert gui.widget.logic.session.audit_case.case_id == "c2"
+    assert scene.GetFirstNodeByName("A c1 before (v1)") is None, "the previous case's nodes must be removed"
+    assert not ui.previousCaseButton.enabled and ui.nextCaseButton.enabled
+    regressions = gui.widget.logic.session.audit_case.regressions
+    assert not regressions.GetDisplayNode().GetSegmentVisibility(
+        regressions.GetSegmentation().GetSegmentIdBySegmentName("lost")), "the lost toggle holds for the next case"
+
+
+def test_a_cancelled_audit_load_leaves_the_scene_alone(gui, backend, tmp_path: Path) -> None:
+    audit_backend(backend, tmp_path)
+    connect_remote(gui, backend)
+    backend.server.delay_s = 0.5
+    gui.ui.auditCasesTableWidget.clickRow(0)
+    gui.env.progress_dialogs[-1].cancel()
+    finish(gui)
+    assert gui.env.dialogs.errors == [] and gui.widget.logic.session.audit_case is None
+    assert mrmlio.nodes_of_class(gui.scene, "vtkMRMLSegmentationNode") == []
+    assert gui.ui.jobStatusLabel.text.endswith("cancelled.")
+
+
+def test_segment_colours_come_from_the_terminologies(gui, backend, tmp_path: Path, monkeypatch) -> None:
+    terminology = tmp_path / "terms.json"
+    terminology.write_text(json.dumps({
+        "SegmentationCategoryTypeContextName": "DAKR test terminology",
+        "@schema": "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segment-context-schema.json#",
+        "SegmentationCodes": {"Category": [{
+            "CodeMeaning": "Anatomical Structure", "CodingSchemeDesignator": "SCT", "CodeValue": "123037004",
+            "Type": [{"CodeMeaning": "Core", "CodingSchemeDesignator": "SCT", "CodeValue": "1",
+                      "recommendedDisplayRGBValue": [255, 0, 51]}]}]}}))
+    terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
+    assert terminologies.LoadTerminologyFromFile(str(terminology)) == "DAKR test terminology"
+    monkeypatch.setattr(slicer.modules, "terminologies", types.SimpleNamespace(logic=lambda: terminologies), raising=False)
+    audit_backend(backend, tmp_path)
+    connect_remote(gui, backend)
+    gui.ui.auditCasesTableWidget.clickRow(0)
+    finish(gui)
+    case = gui.widget.logic.session.audit_case
+    segments = case.after.GetSegmentation()
+    core = segments.GetSegment(segments.GetSegmentIdBySegmentName("core"))
+    shell = segments.GetSegment(segments.GetSegmentIdBySegmentName("shell"))
+    assert core.GetColor() == pytest.approx((1.0, 0.0, 0.2))
+    from DAKRSegmentationLib.mrmlio import label_color
+    assert shell.GetColor() == pytest.approx(label_color(1)), "no terminology match: the module's own colour"
+
+
+def test_a_finished_job_is_notified(gui, backend) -> None:
+    connect_remote(gui, backend)
+    gui.env.main_window.active = False
+    gui.ui.adaptButton.click()
+    finish(gui)
+    for _ in range(2):
+        poll_timer(gui).fire()
+        finish(gui)
+    assert gui.env.main_window.statusBar().messages[-1] == "DAKR job j1: Finished: version 2 is active."
+    assert gui.env.tray_messages == ["DAKR job j1: Finished: version 2 is active."]
+
+
+def view_id(scene, layout_name: str) -> str:
+    for class_name in ("vtkMRMLSliceNode", "vtkMRMLViewNode"):
+        for node in mrmlio.nodes_of_class(scene, class_name):
+            if node.GetLayoutName() == layout_name:
+                return node.GetID()
+    raise KeyError(layout_name)
+
+
+def phantom_labels(seed: int):
+    from DAKRSegmentationLib.testing import phantom_arrays
+
+    return phantom_arrays(seed)[1]
 
 
 class PyTorchUtilsLogic:
@@ -653,9 +770,10 @@ def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) ->
     ui.backendModeComboBox.currentIndex = 1
     ui.remoteUrlLineEdit.text = backend.server.url
     timed("connect", ui.connectButton.click)
-    assert gui.widget.logic.session is not None and ui.auditCaseComboBox._items == ["a2"]
+    assert gui.widget.logic.session is not None and ui.auditCasesTableWidget.rowCount() == 1
+    ui.auditCasesTableWidget.selectRow(0)
     timed("load case", ui.loadCaseButton.click)
-    assert gui.widget.logic.session.audit_case is not None
+    assert gui.widget.logic.session.audit_case is not None, (gui.env.dialogs.errors, ui.loadCaseButton.enabled)
     timed("show results", ui.showResultsButton.click)
     for index in (1, 2):
         add_phantom_case(gui.scene, f"case {index}", seed=index)
