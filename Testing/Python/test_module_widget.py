@@ -808,3 +808,22 @@ def test_a_timeout_names_the_slow_prediction(monkeypatch, tmp_path: Path) -> Non
             client.download_case_file("A", "c1", "prediction", tmp_path / "p.nii.gz", 3)
     finally:
         server.close()
+
+
+def test_the_self_test_runs_only_its_light_part_unless_asked(monkeypatch, scene, tmp_path: Path) -> None:
+    env = doubles.install(monkeypatch, scene, tmp_path / "slicer-temp")
+    monkeypatch.delenv("DAKR_HEAVY_SELF_TEST", raising=False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
+    monkeypatch.delitem(sys.modules, "DAKRSegmentation", raising=False)
+    module = importlib.import_module("DAKRSegmentation")
+    ran = []
+    monkeypatch.setattr(module.DAKRSegmentationTest, "test_EndToEnd", lambda self: ran.append("heavy"))
+
+    module.DAKRSegmentationTest().runTest()
+    assert ran == [] and env.dialogs.pip_installs == [] and env.unhandled == []
+    assert scene.GetFirstNodeByName("light segmentation") is not None, "the light part ran"
+
+    monkeypatch.setenv("DAKR_HEAVY_SELF_TEST", "1")
+    module.DAKRSegmentationTest().runTest()
+    assert ran == ["heavy"]
+    monkeypatch.delitem(sys.modules, "DAKRSegmentation", raising=False)
