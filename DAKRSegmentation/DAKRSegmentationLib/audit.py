@@ -53,9 +53,7 @@ class AuditCase:
     def remove(self) -> None:
         """Remove this case's nodes (and their display nodes) from the scene."""
         for node in self.nodes:
-            scene = node.GetScene()
-            if scene is not None:
-                scene.RemoveNode(node)
+            mrmlio.remove_node(node)
 
 
 def audit_case_ids(client: BackendClient, site: str) -> list[str]:
@@ -114,7 +112,7 @@ def load_audit_files(scene: "slicer.vtkMRMLScene", files: AuditFiles, label_name
 def _load(scene: "slicer.vtkMRMLScene", files: AuditFiles, label_names: dict[str, int],
           colors: dict[str, tuple[float, float, float]]) -> AuditCase:
     prefix = f"{files.site} {files.case_id}"
-    image = mrmlio.read_volume(scene, files.image, prefix)
+    image = mrmlio.load_volume(scene, files.image, prefix)
     maps = {
         key: mrmlio.read_volume(scene, path, f"__dakr_{key}_{files.case_id}__", labelmap=True)
         for key, path in (("label", files.label), ("before", files.prediction_before), ("after", files.prediction_after))

@@ -26,6 +26,8 @@ LABEL_COLORS: tuple[tuple[float, float, float], ...] = (
     (0.20, 0.80, 0.75),
     (0.85, 0.45, 0.65),
 )
+#: ``vtkSlicerVolumesLogic`` loading option: read one file, not a series.
+_SINGLE_FILE = 4
 #: Segments of the regression overlay and their colours (as in the HTML report): voxels that were
 #: right before and are wrong after, and the reverse.
 LOST, GAINED = "lost", "gained"
@@ -133,11 +135,23 @@ def write_labels(labels: "slicer.vtkMRMLSegmentationNode | slicer.vtkMRMLLabelMa
                  label_names: dict[str, int] | None = None) -> Path:
     """Write a case's labels as a label map file on the grid of ``reference``.
 
-    A labelmap volume is written as it is. A segmentation is exported on the reference grid; segment
-    names give the label values through ``label_names``.
+    A labelmap volume on another grid is resampled to it (nearest neighbour; outside its extent is 0).
+    A segmentation is exported on the reference grid; segment names give the label values through
+    ``label_names``.
     """
     if labels.IsA("vtkMRMLLabelMapVolumeNode"):
-        return write_volume(labels, path)
+        if same_geometry(labels, reference):
+            return write_volume(labels, path)
+        scene = labels.GetScene()
+        resampled = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__dakr_resampled__")
+        try:
+            matrix = vtk.vtkMatrix4x4()
+            reference.GetIJKToRASMatrix(matrix)
+            resampled.SetIJKToRASMatrix(matrix)
+            slicer.util.updateVolumeFromArray(resampled, resample_labels(labels, reference))
+            return write_volume(resampled, path)
+        finally:
+            scene.RemoveNode(resampled)
     if label_names is None:
         raise ValueError("label names are needed to write a segmentation as a label map")
     values = segment_label_values(labels, label_names)
@@ -162,6 +176,29 @@ def write_labels(labels: "slicer.vtkMRMLSegmentationNode | slicer.vtkMRMLLabelMa
         scene.RemoveNode(exported)
 
 
+def resample_labels(labels: "slicer.vtkMRMLLabelMapVolumeNode", reference: "slicer.vtkMRMLVolumeNode") -> np.ndarray:
+    """``labels`` on the grid of ``reference`` as a (k, j, i) array: for each reference voxel the label
+    voxel its centre falls in (nearest neighbour, so values stay labels); 0 outside. Slice by slice."""
+    source = slicer.util.arrayFromVolume(labels)
+    dims = reference.GetImageData().GetDimensions()
+    ijk_to_ras, ras_to_ijk = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    reference.GetIJKToRASMatrix(ijk_to_ras)
+    labels.GetRASToIJKMatrix(ras_to_ijk)
+    combined = vtk.vtkMatrix4x4()
+    vtk.vtkMatrix4x4.Multiply4x4(ras_to_ijk, ijk_to_ras, combined)
+    to_source = np.array([[combined.GetElement(r, c) for c in range(4)] for r in range(4)])
+    j, i = np.mgrid[0:dims[1], 0:dims[0]]
+    out = np.zeros((dims[2], dims[1], dims[0]), dtype=source.dtype)
+    for k in range(dims[2]):
+        points = np.stack([i.ravel(), j.ravel(), np.full(i.size, k), np.ones(i.size)])
+        si, sj, sk = np.rint(to_source @ points)[:3].astype(np.int64)
+        inside = (si >= 0) & (si < source.shape[2]) & (sj >= 0) & (sj < source.shape[1]) & (sk >= 0) & (sk < source.shape[0])
+        plane = np.zeros(i.size, dtype=source.dtype)
+        plane[inside] = source[sk[inside], sj[inside], si[inside]]
+        out[k] = plane.reshape(dims[1], dims[0])
+    return out
+
+
 def label_names_from_segmentations(segmentations: list["slicer.vtkMRMLSegmentationNode"]) -> dict[str, int]:
     """A label set for a first site: segment names in order of first appearance get values 1, 2, ..."""
     names: dict[str, int] = {"background": 0}
@@ -177,8 +214,54 @@ def label_names_from_segmentations(segmentations: list["slicer.vtkMRMLSegmentati
 
 
 # -- reading ---------------------------------------------------------------------------------
+def volumes_logic(scene: "slicer.vtkMRMLScene") -> "slicer.vtkSlicerVolumesLogic":
+    """Slicer's Volumes module logic; where the application is absent (PyPI ``slicer-core``), a volumes
+    logic bound to ``scene`` with the Colors logic it needs for display nodes."""
+    volumes = getattr(getattr(slicer, "modules", None), "volumes", None)
+    if volumes is not None:
+        return volumes.logic()
+    application = slicer.vtkSlicerApplicationLogic()
+    application.SetMRMLScene(scene)
+    colors = slicer.vtkSlicerColorLogic()
+    colors.SetMRMLApplicationLogic(application)
+    colors.SetMRMLScene(scene)
+    application.SetModuleLogic("Colors", colors)
+    logic = slicer.vtkSlicerVolumesLogic()
+    logic.SetMRMLApplicationLogic(application)
+    logic.SetMRMLScene(scene)
+    logic.dakr_owned = (application, colors)  # the application logic does not keep its module logics alive
+    return logic
+
+
+def load_volume(scene: "slicer.vtkMRMLScene", path: Path, name: str) -> "slicer.vtkMRMLScalarVolumeNode":
+    """Load an image as Slicer's Add Data does (display and storage nodes, window/level), for nodes the
+    user keeps. The file is temporary: the node is marked modified so that Save writes its data."""
+    node = volumes_logic(scene).AddArchetypeVolume(str(path), name, _SINGLE_FILE)
+    if node is None:
+        raise OSError(f"cannot read image {path}. Fix: check that the file is a readable NIfTI/NRRD image")
+    node.StorableModified()
+    return node
+
+
+def remove_node(node: "slicer.vtkMRMLNode") -> None:
+    """Remove a node with its display and storage nodes (the scene leaves those behind otherwise)."""
+    scene = node.GetScene()
+    if scene is None:
+        return
+    helpers = []
+    if node.IsA("vtkMRMLDisplayableNode"):
+        helpers += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    if node.IsA("vtkMRMLStorableNode"):
+        helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None and helper.GetScene() is scene:
+            scene.RemoveNode(helper)
+
+
 def read_volume(scene: "slicer.vtkMRMLScene", path: Path, name: str, labelmap: bool = False) -> "slicer.vtkMRMLVolumeNode":
-    """Read an image file into a new scalar (or labelmap) volume node (RAS in memory)."""
+    """Read an image file into a new bare scalar (or labelmap) volume node (RAS in memory; no display
+    or storage node: for intermediate nodes that are removed again)."""
     class_name = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
     node = scene.AddNewNodeByClass(class_name, name)
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()

@@ -215,3 +215,54 @@ def test_first_site_label_names_follow_segment_order(scene) -> None:
     _, second = testing.add_phantom_case(scene, "two", seed=2)
     second.GetSegmentation().AddEmptySegment("Lesion", "Lesion", (1.0, 0.0, 0.0))
     assert mrmlio.label_names_from_segmentations([first, second]) == {"background": 0, "shell": 1, "core": 2, "Lesion": 3}
+
+
+def test_a_labelmap_on_another_grid_is_resampled_to_the_image_grid(scene, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 4, size=(4, 6, 5), dtype=np.uint8)
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "coarse labels")
+    labels.SetSpacing(2.0, 2.0, 2.0)
+    labels.SetOrigin(0.5, 0.5, 0.5)
+    slicer.util.updateVolumeFromArray(labels, source)
+    image = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "image")
+    slicer.util.updateVolumeFromArray(image, np.zeros((9, 12, 12), np.float32))
+
+    written = mrmlio.write_labels(labels, image, tmp_path / "labels.nii.gz")
+
+    k, j, i = np.indices((9, 12, 12))
+    inside = (i < 10) & (j < 12) & (k < 8)
+    expected = np.zeros((9, 12, 12), np.uint8)
+    expected[inside] = source[k[inside] // 2, j[inside] // 2, i[inside] // 2]
+    stored = sitk.ReadImage(str(written))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(stored), expected)
+    assert stored.GetSize() == (12, 12, 9) and stored.GetSpacing() == (1.0, 1.0, 1.0)
+
+
+def test_a_labelmap_on_the_image_grid_is_written_as_it_is(scene, tmp_path: Path) -> None:
+    _, labels_array = testing.phantom_arrays(seed=3)
+    volume, _ = testing.add_phantom_case(scene, "p", seed=3)
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "p-label")
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    labels.SetIJKToRASMatrix(matrix)
+    slicer.util.updateVolumeFromArray(labels, labels_array)
+    written = mrmlio.write_labels(labels, volume, tmp_path / "p.nii.gz")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(written))), labels_array)
+
+
+def test_a_loaded_image_has_display_and_storage_nodes_and_is_removed_with_them(scene, tmp_path: Path) -> None:
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(60, dtype=np.float32).reshape(3, 4, 5)), str(tmp_path / "i.nii.gz"))
+    def volume_nodes() -> int:
+        return sum(len(mrmlio.nodes_of_class(scene, name)) for name in
+                   ("vtkMRMLVolumeNode", "vtkMRMLVolumeDisplayNode", "vtkMRMLStorageNode"))
+
+    before = volume_nodes()
+    node = mrmlio.load_volume(scene, tmp_path / "i.nii.gz", "image")
+    assert node.GetDisplayNode() is not None and node.GetStorageNode() is not None
+    assert node.GetModifiedSinceRead(), "the file is temporary: Save must write the data"
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), np.arange(60).reshape(3, 4, 5))
+    assert volume_nodes() == before + 3
+    mrmlio.remove_node(node)
+    assert volume_nodes() == before
+    with pytest.raises(OSError, match="cannot read image"):
+        mrmlio.load_volume(scene, tmp_path / "missing.nii.gz", "x")
