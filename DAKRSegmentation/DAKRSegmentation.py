@@ -393,19 +393,20 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Application exit or module reload: stop timers and workers, then the local server this module
-        started (without waiting for it; it also exits by itself when Slicer does)."""
+        started (without waiting for it). With a job running, ask first: the server may keep running,
+        and Connect reaches it again through the store's lock file (it still exits with Slicer)."""
         self.pollTimer.stop()
         self.taskTimer.stop()
         self.removeObservers()
         self.tasks.shutdown()
-        if self.logic is not None:
-            if self.logic.jobRunning() and self.logic.localBackend is not None:
-                slicer.util.infoDisplay(
-                    "The adapt job stops with the local backend. Resume continues it from its last checkpoint "
-                    "the next time you connect to this store.", "DAKR Segmentation")
-            backend = self.logic.detachLocalBackend()
-            if backend is not None:
-                backend.terminate()
+        if self.logic is None or self.logic.localBackend is None:
+            return
+        if self.logic.jobRunning() and not slicer.util.confirmOkCancelDisplay(
+                "An adapt job is running in the local backend.\n\nOK: stop it now; Resume continues it from its last "
+                "checkpoint the next time you connect to this store.\nCancel: keep the backend and the job running; "
+                "Connect follows it again (the backend still stops when Slicer exits).", "DAKR Segmentation"):
+            return
+        self.logic.detachLocalBackend().terminate()
 
     def enter(self) -> None:
         self.initializeParameterNode()

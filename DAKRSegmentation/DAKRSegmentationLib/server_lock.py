@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,23 +54,11 @@ def remove_lock(store: Path, pid: int) -> None:
         lock_path(store).unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    if sys.platform == "win32":
-        return True  # the /info probe decides
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_server(store: Path, timeout_s: float = 2.0) -> BackendClient | None:
-    """A client of the server the lock names, if that server still runs and accepts its token (blocking:
-    one short request; call it on a worker thread)."""
+    """A client of the server the lock names, if that server still answers and accepts its token
+    (blocking: one short request; call it on a worker thread). A stale lock gives ``None``."""
     lock = read_lock(store)
-    if lock is None or not _alive(lock.pid):
+    if lock is None:
         return None
     client = BackendClient(lock.url, lock.token, timeout_s=timeout_s)
     try:

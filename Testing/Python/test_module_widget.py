@@ -683,9 +683,10 @@ def test_a_second_slicer_reuses_the_running_server_of_the_store(gui, torch_ready
 def test_a_stale_lock_is_ignored(tmp_path: Path) -> None:
     from DAKRSegmentationLib.server_lock import ServerLock, running_server, write_lock
 
-    write_lock(tmp_path, ServerLock("http://127.0.0.1:9", "x", 2 ** 22 + 12345))
     assert running_server(tmp_path) is None
     write_lock(tmp_path, ServerLock("http://127.0.0.1:9", "x", os.getpid()))
+    assert running_server(tmp_path) is None, "nothing answers there"
+    (tmp_path / ".dakr-slicer-server.json").write_text("{not json")
     assert running_server(tmp_path) is None
 
 
@@ -827,3 +828,37 @@ def test_the_self_test_runs_only_its_light_part_unless_asked(monkeypatch, scene,
     module.DAKRSegmentationTest().runTest()
     assert ran == ["heavy"]
     monkeypatch.delitem(sys.modules, "DAKRSegmentation", raising=False)
+
+
+def test_reload_with_a_running_job_asks_and_can_keep_the_server_for_the_next_connect(gui, torch_ready, tmp_path: Path) -> None:
+    start_local(gui, tmp_path)
+    finish(gui)
+    backend = gui.widget.logic.localBackend
+    gui.widget.logic.followJob("j1")
+    gui.env.dialogs.confirm_answer = False
+    gui.widget.cleanup()
+    assert "Cancel: keep the backend and the job running" in gui.env.dialogs.confirmations[-1]
+    assert backend.running() and (tmp_path / "store" / ".dakr-slicer-server.json").exists()
+
+    reloaded = gui.module.DAKRSegmentationWidget()
+    reloaded.setup()
+    reloaded.logic.backendPython = gui.widget.logic.backendPython
+    reloaded.logic.installedTorchVersion = gui.widget.logic.installedTorchVersion
+    reloaded.logic.planBackendInstall = gui.widget.logic.planBackendInstall
+    reloaded.ui.storePathLineEdit.currentPath = str(tmp_path / "store")
+    reloaded.ui.connectButton.click()
+    gui.widget = reloaded
+    finish(gui)
+    assert reloaded.ui.backendStatusLabel.text.endswith("· server shared with another Slicer")
+    assert reloaded.logic.session.client.base_url == backend.url
+    backend.stop()
+    reloaded.cleanup()
+
+
+def test_reload_without_a_job_stops_the_server(gui, torch_ready, tmp_path: Path) -> None:
+    start_local(gui, tmp_path)
+    finish(gui)
+    backend = gui.widget.logic.localBackend
+    gui.widget.cleanup()
+    backend.process.wait(10)
+    assert gui.env.dialogs.confirmations == [] and not (tmp_path / "store" / ".dakr-slicer-server.json").exists()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dakr.service.parent_watch import process_alive, watch_parent
+from dakr.service.parent_watch import watch_parent
+from dakr.service.processes import process_alive
 
 BACKEND = Path(__file__).resolve().parents[1]
 

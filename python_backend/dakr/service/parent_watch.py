@@ -5,35 +5,14 @@ uvicorn handles), so running job workers are interrupted and stay resumable."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
 from typing import Callable
 
+from dakr.service.processes import process_alive
+
 log = logging.getLogger(__name__)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists."""
-    if sys.platform == "win32":
-        import ctypes
-
-        synchronize, wait_timeout = 0x00100000, 0x00000102
-        handle = ctypes.windll.kernel32.OpenProcess(synchronize, False, pid)
-        if not handle:
-            return False
-        try:
-            return ctypes.windll.kernel32.WaitForSingleObject(handle, 0) == wait_timeout
-        finally:
-            ctypes.windll.kernel32.CloseHandle(handle)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _shut_down() -> None:

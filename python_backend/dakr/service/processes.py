@@ -41,8 +41,8 @@ def kill(pid: int) -> None:
         pass
 
 
-def is_worker_alive(pid: int, job_id: str) -> bool:
-    """Whether ``pid`` is still the worker of ``job_id`` (a reused pid of another program is not)."""
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs."""
     if os.name == "nt":
         return _windows_process_running(pid)
     try:
@@ -50,6 +50,15 @@ def is_worker_alive(pid: int, job_id: str) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        return True
+    return True
+
+
+def is_worker_alive(pid: int, job_id: str) -> bool:
+    """Whether ``pid`` is still the worker of ``job_id`` (a reused pid of another program is not)."""
+    if not process_alive(pid):
+        return False
+    if os.name == "nt":
         return True
     cmdline = Path(f"/proc/{pid}/cmdline")
     if not cmdline.parent.exists():
