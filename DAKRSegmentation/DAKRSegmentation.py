@@ -34,7 +34,7 @@ from slicer.util import VTKObservationMixin
 from DAKRSegmentationLib import MINIMUM_PYTHON_VERSION, MINIMUM_SLICER_VERSION, audit, mrmlio, server_lock
 from DAKRSegmentationLib.background import BackgroundTasks, Task, TaskCancelled, TaskControl
 from DAKRSegmentationLib.backend import LocalBackend, backend_location, backend_requirements, torch_requirement, torch_too_old
-from DAKRSegmentationLib.install_plan import InstallPlan, installed_versions, plan_install, write_constraints
+from DAKRSegmentationLib.install_plan import InstallPlan, install, installed_versions, plan_install, write_constraints
 from DAKRSegmentationLib.client import BackendClient, JobConflictError
 from DAKRSegmentationLib.jobs import FINISHED_STATES, JobMonitor, JobUpdate, format_event
 from DAKRSegmentationLib.results import VersionComparison
@@ -141,10 +141,12 @@ class DAKRSegmentationLogic(ScriptedLoadableModuleLogic):
 
     # -- backend ----------------------------------------------------------------------------------
     def ensureBackendDependencies(self) -> None:
-        """Torch through the PyTorch extension, then the backend's other requirements (both on the main
-        thread, as Slicer requires). Blocking: for the self-test and scripts; the widget runs the plan in a worker."""
+        """Torch through the PyTorch extension, then the backend's other requirements. Blocking: for the
+        self-test and scripts; the widget runs the plan and the install on worker threads."""
         self.ensureTorch()
-        self.installBackendRequirements(self.planBackendInstall())
+        plan = self.planBackendInstall()
+        if self.confirmBackendInstall(plan):
+            self.installBackendRequirements()
 
     def ensureTorch(self) -> None:
         """Install torch through the PyTorch extension, or offer its upgrade when it is older than tested."""
@@ -181,11 +183,11 @@ class DAKRSegmentationLogic(ScriptedLoadableModuleLogic):
         _, pyproject = backend_location(self.moduleDir)
         return plan_install(self.pythonExecutable(), backend_requirements(pyproject))
 
-    def installBackendRequirements(self, plan: InstallPlan) -> None:
-        """Refuse a plan that changes installed packages; otherwise confirm and install only new ones,
-        with every installed package pinned (main thread)."""
+    def confirmBackendInstall(self, plan: InstallPlan) -> bool:
+        """Whether there is something to install: refuse a plan that changes installed packages, ask
+        before one that only adds packages (GUI thread: dialogs)."""
         if not plan.packages:
-            return
+            return False
         refusal = plan.refusal()
         if refusal:
             raise RuntimeError(refusal)
@@ -193,10 +195,17 @@ class DAKRSegmentationLogic(ScriptedLoadableModuleLogic):
                 "The DAKR backend needs these Python packages (nothing already installed changes):\n\n"
                 + plan.summary() + "\n\nInstall them now?", "DAKR Segmentation"):
             raise RuntimeError("Required Python packages are missing. Fix: accept their installation, or use a remote backend.")
+        return True
+
+    def installBackendRequirements(self, onLine: Callable[[str], None] | None = None,
+                                   cancelled: Callable[[], bool] | None = None) -> None:
+        """Install the backend's requirements into Slicer's Python with every installed package pinned,
+        so pip can only add packages (a child pip process; blocking: run it on a worker thread)."""
         _, pyproject = backend_location(self.moduleDir)
-        constraints = write_constraints(installed_versions(self.pythonExecutable()),
+        python = self.pythonExecutable()
+        constraints = write_constraints(installed_versions(python),
                                         Path(slicer.app.temporaryPath) / "DAKRSegmentation" / "constraints.txt")
-        slicer.util.pip_install(["-c", str(constraints), *backend_requirements(pyproject)])
+        install(python, backend_requirements(pyproject), constraints, onLine, cancelled)
 
     def pythonExecutable(self) -> str:
         """``PythonSlicer`` (Slicer's own Python), unless :attr:`backendPython` names another one."""
@@ -567,8 +576,9 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- backend ----------------------------------------------------------------------------------
     def onConnect(self) -> None:
-        """Local: torch (main thread, PyTorch extension), install plan (worker), install (main thread,
-        pip), start or reuse the server (worker). Remote: ``/info`` on a worker."""
+        """Local: torch (GUI thread, through the PyTorch extension), install plan (worker), confirmation
+        (GUI thread), install (worker, child pip), start or reuse the server (worker). Remote: ``/info``
+        on a worker."""
         params = self._parameterNode
         if params.backendMode == BACKEND_REMOTE:
             url, token = params.remoteUrl, self.ui.remoteTokenLineEdit.text
@@ -585,11 +595,28 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                  onError=self.onConnectFailed)
 
     def onInstallPlan(self, plan: InstallPlan) -> None:
-        """Install what the plan adds (main thread, as Slicer's pip_install requires), then start the server."""
-        if plan.packages:
-            self.ui.backendStatusLabel.text = "Installing the backend's Python packages (see the Python console) ..."
+        """Confirm the plan (GUI thread), install what it adds on a worker, then start the server."""
         try:
-            self.logic.installBackendRequirements(plan)
+            needed = self.logic.confirmBackendInstall(plan)
+        except Exception as error:
+            self.onConnectFailed(error)
+            return
+        if not needed:
+            self.startLocalServer()
+            return
+        self.ui.backendStatusLabel.text = "Installing the backend's Python packages ..."
+
+        def work(control: TaskControl) -> None:
+            self.logic.installBackendRequirements(lambda line: control.report(f"Installing: {line[:120]}"),
+                                                  lambda: control.cancelled)
+
+        self.runInBackground("connect", work, lambda _: self.startLocalServer(),
+                             "The backend's Python packages were not installed.",
+                             progress="Installing the backend's Python packages (pip) ...", onError=self.onConnectFailed)
+
+    def startLocalServer(self) -> None:
+        """Start (or reuse) the local server for the chosen store on a worker and connect to it."""
+        try:
             backend = self.logic.newLocalBackend(self._parameterNode.storePath)
         except Exception as error:
             self.onConnectFailed(error)

@@ -9,6 +9,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 #: How long pip may take to resolve the requirements (it may download wheels to read their metadata).
 PLAN_TIMEOUT_S = 600.0
@@ -90,6 +91,30 @@ def plan_install(python: str, requirements: list[str], timeout_s: float = PLAN_T
         for item in report.get("install", [])
     ]
     return InstallPlan(packages)
+
+
+def install(python: str, requirements: list[str], constraints: Path,
+            on_line: Callable[[str], None] | None = None, cancelled: Callable[[], bool] | None = None) -> None:
+    """``pip install -c CONSTRAINTS REQUIREMENTS`` for ``python`` in a child process (blocking: run it on
+    a worker thread); each output line goes to ``on_line``; ``cancelled()`` stops pip."""
+    command = [python, "-m", "pip", "--disable-pip-version-check", "--no-input", "install", "-c", str(constraints),
+               *requirements]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               text=True, bufsize=1)
+    tail: list[str] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        tail = (tail + [line.rstrip()])[-20:]
+        if on_line is not None:
+            on_line(line.rstrip())
+        if cancelled is not None and cancelled():
+            process.terminate()
+            process.wait()
+            raise RuntimeError("Installing the backend's packages was cancelled; packages pip had finished stay "
+                               "installed. Connect again to finish.")
+    if process.wait() != 0:
+        raise RuntimeError("pip could not install the backend's packages (nothing installed was changed: every "
+                           "installed package was pinned). pip said:\n" + "\n".join(tail))
 
 
 def write_constraints(installed: dict[str, str], path: Path) -> Path:

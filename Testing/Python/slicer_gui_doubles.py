@@ -1104,7 +1104,7 @@ def install(monkeypatch: Any, scene: "slicer.vtkMRMLScene", temporary_path: path
         "slicer.parameterNodeWrapper", parameterNodeWrapper=parameterNodeWrapper, Choice=Choice, WithinRange=WithinRange))
     app = Application(scene, str(temporary_path))
     main_window = MainWindow()
-    dialogs = types.SimpleNamespace(errors=[], infos=[], confirmations=[], confirm_answer=True, pip_installs=[])
+    dialogs = types.SimpleNamespace(errors=[], infos=[], confirmations=[], confirm_answer=True)
 
     def confirm(text: str, windowTitle: str | None = None, **kwargs: Any) -> bool:
         dialogs.confirmations.append(text)
@@ -1119,7 +1119,6 @@ def install(monkeypatch: Any, scene: "slicer.vtkMRMLScene", temporary_path: path
     monkeypatch.setattr(slicer.util, "delayDisplay", lambda text, *a, **k: dialogs.infos.append(text))
     monkeypatch.setattr(slicer.util, "mainWindow", lambda: main_window)
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", confirm)
-    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements, **k: dialogs.pip_installs.append(requirements))
     return types.SimpleNamespace(app=app, dialogs=dialogs, timers=TIMERS, unhandled=UNHANDLED,
                                  progress_dialogs=QProgressDialog.SHOWN, main_window=main_window,
                                  shortcuts=QShortcut.CREATED, tray_messages=QSystemTrayIcon.MESSAGES)

@@ -583,32 +583,68 @@ def test_torch_comes_from_the_pytorch_extension_and_an_older_one_is_offered_an_u
     assert torch_logic.calls == [(False, "<3,>=2.13")]
 
 
+FAKE_PIP = """#!/bin/sh
+# A Python whose pip lists two packages and, for install, records its arguments and prints progress.
+if [ "$5" = "list" ]; then echo '[{{"name": "numpy", "version": "2.3.4"}}, {{"name": "SimpleITK", "version": "2.5.3"}}]'; exit 0; fi
+echo "$@" > "{calls}"
+echo "Collecting monai"
+sleep {pause}
+echo "Successfully installed monai-1.6.1"
+"""
+
+
+def fake_pip_python(folder: Path, pause: float = 0.0) -> Path:
+    python = folder / "python-with-pip"
+    python.write_text(FAKE_PIP.format(calls=folder / "pip-calls.txt", pause=pause))
+    python.chmod(0o755)
+    return python
+
+
 def test_an_install_plan_that_changes_installed_packages_is_refused(gui) -> None:
     from DAKRSegmentationLib.install_plan import InstallPlan, PlannedPackage
 
     plan = InstallPlan([PlannedPackage("monai", "1.6.1", None), PlannedPackage("scipy", "1.17.1", "1.16.3")])
     with pytest.raises(RuntimeError, match="scipy 1.16.3 → 1.17.1"):
-        gui.widget.logic.installBackendRequirements(plan)
-    assert gui.env.dialogs.pip_installs == [] and gui.env.dialogs.confirmations == []
+        gui.widget.logic.confirmBackendInstall(plan)
+    assert gui.env.dialogs.confirmations == []
 
 
-def test_an_install_plan_that_only_adds_packages_is_confirmed_and_pins_everything_installed(gui) -> None:
+def test_an_install_plan_that_only_adds_packages_is_confirmed_then_installed_on_a_worker_with_everything_pinned(
+        gui, torch_ready, monkeypatch, tmp_path: Path) -> None:
     from DAKRSegmentationLib.install_plan import InstallPlan, PlannedPackage
 
-    plan = InstallPlan([PlannedPackage("monai", "1.6.1", None), PlannedPackage("numpy", np.__version__, np.__version__)])
-    gui.widget.logic.backendPython = sys.executable
-    gui.widget.logic.installBackendRequirements(plan)
+    plan = InstallPlan([PlannedPackage("monai", "1.6.1", None), PlannedPackage("numpy", "2.3.4", "2.3.4")])
+    monkeypatch.setattr(gui.widget.logic, "planBackendInstall", lambda: plan)
+    started = []
+    monkeypatch.setattr(gui.widget, "startLocalServer", lambda: started.append(True))
+    gui.widget.logic.backendPython = str(fake_pip_python(tmp_path, pause=0.5))
+    gui.ui.connectButton.click()
+    finish(gui)
+
     assert "monai 1.6.1" in gui.env.dialogs.confirmations[-1] and "numpy" not in gui.env.dialogs.confirmations[-1]
-    (arguments,) = gui.env.dialogs.pip_installs
-    assert arguments[0] == "-c" and any(argument.startswith("monai<2,>=") for argument in arguments[2:])
-    assert not any(argument.startswith("torch") for argument in arguments[2:])
-    pins = Path(arguments[1]).read_text().split()
-    assert f"numpy=={np.__version__}" in pins and f"pytest=={metadata.version('pytest')}" in pins
+    assert gui.env.dialogs.errors == [] and started == [True]
+    assert gui.env.progress_dialogs[-1].labelText == "Installing: Successfully installed monai-1.6.1"
+    arguments = (tmp_path / "pip-calls.txt").read_text().split()
+    assert arguments[:7] == ["-m", "pip", "--disable-pip-version-check", "--no-input", "install", "-c", arguments[6]]
+    assert any(argument.startswith("monai<2,>=") for argument in arguments[7:])
+    assert not any(argument.startswith("torch") for argument in arguments[7:])
+    assert Path(arguments[6]).read_text().split() == ["numpy==2.3.4", "simpleitk==2.5.3"]
 
     gui.env.dialogs.confirm_answer = False
-    with pytest.raises(RuntimeError, match="Required Python packages are missing"):
-        gui.widget.logic.installBackendRequirements(plan)
-    assert len(gui.env.dialogs.pip_installs) == 1
+    gui.ui.connectButton.click()
+    finish(gui)
+    assert "Required Python packages are missing" in gui.env.dialogs.errors[-1] and started == [True]
+
+
+def test_an_install_can_be_cancelled(gui, tmp_path: Path) -> None:
+    from DAKRSegmentationLib.install_plan import install
+
+    python = fake_pip_python(tmp_path, pause=5)
+    lines: list[str] = []
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="was cancelled"):
+        install(str(python), ["monai"], tmp_path / "c.txt", lines.append, lambda: bool(lines))
+    assert lines == ["Collecting monai"] and time.monotonic() - start < 4
 
 
 def test_missing_pytorch_extension_is_explained(gui, monkeypatch) -> None:
@@ -821,7 +857,7 @@ def test_the_self_test_runs_only_its_light_part_unless_asked(monkeypatch, scene,
     monkeypatch.setattr(module.DAKRSegmentationTest, "test_EndToEnd", lambda self: ran.append("heavy"))
 
     module.DAKRSegmentationTest().runTest()
-    assert ran == [] and env.dialogs.pip_installs == [] and env.unhandled == []
+    assert ran == [] and env.dialogs.confirmations == [] and env.unhandled == []
     assert scene.GetFirstNodeByName("light segmentation") is not None, "the light part ran"
 
     monkeypatch.setenv("DAKR_HEAVY_SELF_TEST", "1")
