@@ -1,20 +1,28 @@
 """Auditing forgetting on one stored case: image, ground truth, "before" and "after" segmentations,
-the voxels that changed, the per-case Dice, and a linked side-by-side view of before and after."""
+the voxels lost (right before, wrong after) and gained, the per-case Dice, and the audit layout:
+before and after side by side in linked views, the after segmentation and the lost/gained voxels in
+the coronal and 3D views, a flicker that swaps before and after in every view."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import slicer
 
-from . import mrmlio
+from . import mrmlio, terminology
 from .client import BackendClient
 
-#: Slice views of the side-by-side comparison: before on the left, after on the right.
+#: Slice views of the comparison: before on the left (axial), after on the right (axial) and below (coronal).
 BEFORE_VIEW = "Red"
 AFTER_VIEW = "Yellow"
+CORONAL_VIEW = "Green"
+SLICE_VIEWS = (BEFORE_VIEW, AFTER_VIEW, CORONAL_VIEW)
+#: Layout name of the first 3D view.
+THREE_D_VIEW = "1"
 
 
 @dataclass
@@ -29,23 +37,23 @@ class AuditCase:
     ground_truth: "slicer.vtkMRMLSegmentationNode"
     before: "slicer.vtkMRMLSegmentationNode"
     after: "slicer.vtkMRMLSegmentationNode"
-    changes: "slicer.vtkMRMLSegmentationNode"
-    changed_voxels: int
+    #: Segments ``lost`` and ``gained``.
+    regressions: "slicer.vtkMRMLSegmentationNode"
+    lost_voxels: int
+    gained_voxels: int
     dice_before: float | None
     dice_after: float | None
-    #: RAS point the views centre on: the changed voxels, else the ground truth, else the image.
+    #: RAS point the views centre on: the lost voxels, else the gained ones, else the ground truth, else the image.
     focus: tuple[float, float, float]
 
     @property
     def nodes(self) -> list:
-        return [self.image, self.ground_truth, self.before, self.after, self.changes]
+        return [self.image, self.ground_truth, self.before, self.after, self.regressions]
 
     def remove(self) -> None:
         """Remove this case's nodes (and their display nodes) from the scene."""
         for node in self.nodes:
-            scene = node.GetScene()
-            if scene is not None:
-                scene.RemoveNode(node)
+            mrmlio.remove_node(node)
 
 
 def audit_case_ids(client: BackendClient, site: str) -> list[str]:
@@ -53,43 +61,81 @@ def audit_case_ids(client: BackendClient, site: str) -> list[str]:
     return sorted(case["case_id"] for case in client.site_cases(site) if case.get("split") == "audit")
 
 
-def load_audit_case(client: BackendClient, scene: "slicer.vtkMRMLScene", site: str, case_id: str,
-                    before: int, after: int, label_names: dict[str, int], work_dir: Path) -> AuditCase:
-    """Download a case and both versions' predictions and load them as named, coloured nodes."""
+@dataclass
+class AuditFiles:
+    """A stored case and both versions' predictions downloaded into ``folder``, and its Dice."""
+
+    site: str
+    case_id: str
+    before: int
+    after: int
+    folder: Path
+    image: Path
+    label: Path
+    prediction_before: Path
+    prediction_after: Path
+    dice: dict
+
+
+def download_audit_case(client: BackendClient, site: str, case_id: str, before: int, after: int, work_dir: Path,
+                        cancelled: Callable[[], bool] | None = None) -> AuditFiles:
+    """Download a case, both predictions and its Dice into a new folder under ``work_dir`` (no MRML:
+    safe on a worker thread). The caller removes the folder after loading."""
     Path(work_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_dir) as folder_name:
-        return _load(client, scene, site, case_id, before, after, label_names, Path(folder_name))
+    folder = Path(tempfile.mkdtemp(prefix="case-", dir=work_dir))
+    try:
+        get = client.download_case_file
+        files = AuditFiles(
+            site, case_id, before, after, folder,
+            get(site, case_id, "image", folder / "image.nii.gz", cancelled=cancelled),
+            get(site, case_id, "label", folder / "label.nii.gz", cancelled=cancelled),
+            get(site, case_id, "prediction", folder / f"prediction_v{before}.nii.gz", before, cancelled=cancelled),
+            get(site, case_id, "prediction", folder / f"prediction_v{after}.nii.gz", after, cancelled=cancelled),
+            client.case_dice(site, case_id, before, after),
+        )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return files
 
 
-def _load(client: BackendClient, scene: "slicer.vtkMRMLScene", site: str, case_id: str,
-          before: int, after: int, label_names: dict[str, int], folder: Path) -> AuditCase:
-    image_file = client.download_case_file(site, case_id, "image", folder / "image.nii.gz")
-    label_file = client.download_case_file(site, case_id, "label", folder / "label.nii.gz")
-    before_file = client.download_case_file(site, case_id, "prediction", folder / f"prediction_v{before}.nii.gz", before)
-    after_file = client.download_case_file(site, case_id, "prediction", folder / f"prediction_v{after}.nii.gz", after)
-    dice = client.case_dice(site, case_id, before, after)
+def load_audit_files(scene: "slicer.vtkMRMLScene", files: AuditFiles, label_names: dict[str, int],
+                     colors: dict[str, tuple[float, float, float]] | None = None) -> AuditCase:
+    """Load downloaded audit files as named nodes (GUI thread) and remove the files; segments are
+    coloured from ``colors`` (by label name) where given."""
+    try:
+        return _load(scene, files, label_names, colors or {})
+    finally:
+        shutil.rmtree(files.folder, ignore_errors=True)
 
-    prefix = f"{site} {case_id}"
-    image = mrmlio.read_volume(scene, image_file, prefix)
+
+def _load(scene: "slicer.vtkMRMLScene", files: AuditFiles, label_names: dict[str, int],
+          colors: dict[str, tuple[float, float, float]]) -> AuditCase:
+    prefix = f"{files.site} {files.case_id}"
+    image = mrmlio.load_volume(scene, files.image, prefix)
     maps = {
-        key: mrmlio.read_volume(scene, path, f"__dakr_{key}_{case_id}__", labelmap=True)
-        for key, path in (("label", label_file), ("before", before_file), ("after", after_file))
+        key: mrmlio.read_volume(scene, path, f"__dakr_{key}_{files.case_id}__", labelmap=True)
+        for key, path in (("label", files.label), ("before", files.prediction_before), ("after", files.prediction_after))
     }
     try:
         ground_truth = mrmlio.labelmap_to_segmentation(maps["label"], f"{prefix} ground truth", label_names, image)
-        before_seg = mrmlio.labelmap_to_segmentation(maps["before"], f"{prefix} before (v{before})", label_names, image)
-        after_seg = mrmlio.labelmap_to_segmentation(maps["after"], f"{prefix} after (v{after})", label_names, image)
-        changes, changed = mrmlio.changed_voxels_segmentation(maps["before"], maps["after"], f"{prefix} changed v{before}-v{after}")
-        focus = (mrmlio.mask_centre(maps["before"], changed)
+        before = mrmlio.labelmap_to_segmentation(maps["before"], f"{prefix} before (v{files.before})", label_names, image)
+        after = mrmlio.labelmap_to_segmentation(maps["after"], f"{prefix} after (v{files.after})", label_names, image)
+        regressions, lost, gained = mrmlio.regression_segmentation(
+            maps["label"], maps["before"], maps["after"], f"{prefix} lost/gained v{files.before}-v{files.after}")
+        focus = (mrmlio.mask_centre(maps["label"], lost) or mrmlio.mask_centre(maps["label"], gained)
                  or mrmlio.mask_centre(maps["label"], slicer.util.arrayFromVolume(maps["label"]) > 0)
                  or _volume_centre(image))
     finally:
         for node in maps.values():
             scene.RemoveNode(node)
+    for segmentation in (ground_truth, before, after):
+        terminology.apply_colors(segmentation, colors)
+    for segmentation in (before, after, regressions):
+        segmentation.CreateClosedSurfaceRepresentation()
     ground_truth.GetDisplayNode().SetVisibility2DFill(False)
-    changes.GetDisplayNode().SetOpacity2DFill(0.8)
-    return AuditCase(site, case_id, before, after, image, ground_truth, before_seg, after_seg, changes,
-                     int(changed.sum()), dice.get("before"), dice.get("after"), focus)
+    return AuditCase(files.site, files.case_id, files.before, files.after, image, ground_truth, before, after, regressions,
+                     int(lost.sum()), int(gained.sum()), files.dice.get("before"), files.dice.get("after"), focus)
 
 
 def _volume_centre(volume: "slicer.vtkMRMLVolumeNode") -> tuple[float, float, float]:
@@ -98,48 +144,64 @@ def _volume_centre(volume: "slicer.vtkMRMLVolumeNode") -> tuple[float, float, fl
     return ((bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2, (bounds[4] + bounds[5]) / 2)
 
 
-def show_side_by_side(scene: "slicer.vtkMRMLScene", case: AuditCase) -> None:
-    """Side-by-side layout, both views axial and linked: "before" left, "after" right; ground truth
-    (outline) and changed voxels in both, centred on the case's focus point."""
+def show_audit_layout(scene: "slicer.vtkMRMLScene", case: AuditCase) -> None:
+    """Four-up layout: before (Red, axial) and after (Yellow, axial) linked side by side, after in the
+    coronal (Green) and 3D views; ground truth (outline) in every slice view, lost/gained voxels in all
+    views; centred on the case's focus point."""
     layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
     if layout is not None:
-        layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
-    views = {}
-    for name in (BEFORE_VIEW, AFTER_VIEW):
+        layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+    for name in SLICE_VIEWS:
         slice_node = _view_node(scene, "vtkMRMLSliceNode", name)
         composite = _view_node(scene, "vtkMRMLSliceCompositeNode", name)
         if slice_node is None or composite is None:
             raise RuntimeError(f"the scene has no '{name}' slice view; cannot show the comparison")
-        slice_node.SetOrientation("Axial")
+        slice_node.SetOrientation("Coronal" if name == CORONAL_VIEW else "Axial")
         composite.SetBackgroundVolumeID(case.image.GetID())
         composite.SetForegroundVolumeID(None)
         composite.SetLabelVolumeID(None)
         composite.SetLinkedControl(True)
         composite.SetHotLinkedControl(True)
-        views[name] = slice_node
-    both = [views[BEFORE_VIEW].GetID(), views[AFTER_VIEW].GetID()]
-    _show_in(case.before, [views[BEFORE_VIEW].GetID()])
-    _show_in(case.after, [views[AFTER_VIEW].GetID()])
-    _show_in(case.ground_truth, both)
-    _show_in(case.changes, both)
+    _show_in(case.ground_truth, _view_ids(scene, SLICE_VIEWS))
+    _show_in(case.regressions, _view_ids(scene, SLICE_VIEWS + (THREE_D_VIEW,)))
+    show_flicker(scene, case, swapped=False)
     centre_views(scene, case)
 
 
+def show_flicker(scene: "slicer.vtkMRMLScene", case: AuditCase, swapped: bool) -> None:
+    """Before in the left view and after in the others, or (``swapped``) the reverse, so toggling
+    flickers every view between the two versions."""
+    left, others = _view_ids(scene, (BEFORE_VIEW,)), _view_ids(scene, (AFTER_VIEW, CORONAL_VIEW, THREE_D_VIEW))
+    _show_in(case.before, others if swapped else left)
+    _show_in(case.after, left if swapped else others)
+
+
+def set_overlays(case: AuditCase, ground_truth: bool, lost: bool, gained: bool, opacity: float) -> None:
+    """Visibility of the ground truth and of the lost and gained segments; opacity of the segmentations."""
+    case.ground_truth.GetDisplayNode().SetVisibility(ground_truth)
+    display = case.regressions.GetDisplayNode()
+    display.SetSegmentVisibility(mrmlio.segment_id(case.regressions, mrmlio.LOST), lost)
+    display.SetSegmentVisibility(mrmlio.segment_id(case.regressions, mrmlio.GAINED), gained)
+    for segmentation in (case.before, case.after, case.regressions):
+        segmentation.GetDisplayNode().SetOpacity(opacity)
+
+
 def centre_views(scene: "slicer.vtkMRMLScene", case: AuditCase) -> None:
-    """Move both comparison views to the case's focus point (changed voxels, else labels)."""
-    for name in (BEFORE_VIEW, AFTER_VIEW):
+    """Move the comparison's slice views to the case's focus point."""
+    for name in SLICE_VIEWS:
         slice_node = _view_node(scene, "vtkMRMLSliceNode", name)
         if slice_node is not None:
             slice_node.JumpSliceByCentering(*case.focus)
 
 
 def _view_node(scene: "slicer.vtkMRMLScene", class_name: str, layout_name: str):
-    nodes = scene.GetNodesByClass(class_name)
-    for index in range(nodes.GetNumberOfItems()):
-        node = nodes.GetItemAsObject(index)
-        if node.GetLayoutName() == layout_name:
-            return node
-    return None
+    return next((node for node in mrmlio.nodes_of_class(scene, class_name) if node.GetLayoutName() == layout_name), None)
+
+
+def _view_ids(scene: "slicer.vtkMRMLScene", layout_names: tuple[str, ...]) -> list[str]:
+    """IDs of the slice and 3D view nodes with these layout names (views the scene lacks are skipped)."""
+    nodes = [_view_node(scene, "vtkMRMLSliceNode", name) or _view_node(scene, "vtkMRMLViewNode", name) for name in layout_names]
+    return [node.GetID() for node in nodes if node is not None]
 
 
 def _show_in(segmentation: "slicer.vtkMRMLSegmentationNode", view_ids: list[str]) -> None:

@@ -7,7 +7,6 @@ the module (or in ``python_backend/`` of a source checkout), and reaches the chi
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import signal
 import socket
@@ -15,15 +14,18 @@ import subprocess
 import sys
 import time
 import tomllib
-from importlib import metadata
 from pathlib import Path
+from typing import Callable
+
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 
 from .client import BackendClient, BackendError
+from .install_plan import name_key
 
-#: Packages the backend must share with Slicer rather than install: Slicer ships numpy and
-#: SimpleITK, the PyTorch extension installs torch.
-SHARED_PACKAGES = ("numpy", "simpleitk", "torch")
-_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:==\s*([^\s;,]+))?")
+#: Installed by the PyTorch extension (with the right CUDA build), never by pip from here.
+TORCH = "torch"
 
 
 def backend_location(module_dir: Path) -> tuple[Path, Path]:
@@ -44,58 +46,27 @@ def backend_location(module_dir: Path) -> tuple[Path, Path]:
     )
 
 
-def _name_key(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+def _dependencies(pyproject: Path) -> list[Requirement]:
+    return [Requirement(text) for text in tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))["project"]["dependencies"]]
 
 
 def backend_requirements(pyproject: Path) -> list[str]:
-    """The backend's dependencies except those Slicer or the PyTorch extension provide."""
-    dependencies = tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))["project"]["dependencies"]
-    kept = []
-    for requirement in dependencies:
-        match = _REQUIREMENT.match(requirement)
-        if match and _name_key(match.group(1)) not in SHARED_PACKAGES:
-            kept.append(requirement.strip())
-    return kept
+    """The backend server's requirements (ranges) except torch, which the PyTorch extension installs."""
+    return [str(requirement) for requirement in _dependencies(pyproject) if name_key(requirement.name) != TORCH]
 
 
 def torch_requirement(pyproject: Path) -> str | None:
-    """The minimum torch version the backend was tested with, as ``">=X"`` (``None`` if unpinned)."""
-    for requirement in tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))["project"]["dependencies"]:
-        match = _REQUIREMENT.match(requirement)
-        if match and _name_key(match.group(1)) == "torch" and match.group(2):
-            return f">={match.group(2)}"
+    """The torch versions the backend was tested with, as a specifier such as ``"<3,>=2.13"``."""
+    for requirement in _dependencies(pyproject):
+        if name_key(requirement.name) == TORCH:
+            return str(requirement.specifier) or None
     return None
 
 
-def missing_requirements(requirements: list[str]) -> list[str]:
-    """Requirements not installed, or installed at a version other than the pinned one."""
-    missing = []
-    for requirement in requirements:
-        match = _REQUIREMENT.match(requirement)
-        if not match:
-            raise ValueError(f"cannot parse requirement {requirement!r}")
-        name, pinned = match.group(1), match.group(2)
-        try:
-            installed = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            missing.append(requirement)
-            continue
-        if pinned and installed != pinned:
-            missing.append(requirement)
-    return missing
-
-
-def shared_package_constraints() -> str:
-    """A pip constraints file text pinning the installed numpy, SimpleITK and torch, so that
-    installing the backend's requirements can never replace them."""
-    lines = []
-    for name in SHARED_PACKAGES:
-        try:
-            lines.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return "\n".join(lines) + "\n"
+def torch_too_old(installed: str, requirement: str | None) -> bool:
+    """Whether an installed torch (e.g. ``"2.4.1+cu121"``) is older than the tested minimum of ``requirement``."""
+    version = Version(Version(installed).public)
+    return any(spec.operator == ">=" and version < Version(spec.version) for spec in SpecifierSet(requirement or ""))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -134,14 +105,18 @@ class LocalBackend:
         self.token = secrets.token_urlsafe(24)
         self.environment = dict(environment if environment is not None else os.environ)
         self.process: subprocess.Popen | None = None
+        #: Bytes of the log already handed out by :meth:`new_log_lines`.
+        self.log_offset = 0
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
+        """The server's command line: the token travels in a file, and the server exits when this
+        process (Slicer) dies."""
         return [self.python, "-m", "dakr", "serve", str(self.store), "--host", self.host, "--port", str(self.port),
-                "--token-file", str(self.token_file)]
+                "--token-file", str(self.token_file), "--parent-pid", str(os.getpid())]
 
     def client(self) -> BackendClient:
         return BackendClient(self.url, self.token)
@@ -163,6 +138,7 @@ class LocalBackend:
                               **_process_options(new_group=False))
         if init.returncode != 0:
             raise BackendError(f"Cannot use {self.store} as the model store:\n{(init.stderr or init.stdout).strip()}")
+        self.log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
         self.token_file.write_text(self.token, encoding="utf-8")
         self.token_file.chmod(0o600)
         with self.log_file.open("ab") as log:
@@ -192,13 +168,39 @@ class LocalBackend:
             raise
         return True
 
-    def wait_until_ready(self, timeout_s: float = 120.0) -> None:
+    def new_log_lines(self) -> list[str]:
+        """Lines the server wrote to its log since the previous call (for the module's log panel)."""
+        if not self.log_file.exists():
+            return []
+        with self.log_file.open("rb") as log:
+            log.seek(self.log_offset)
+            data = log.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self.log_offset += len(complete)
+        return complete.decode("utf-8", errors="replace").splitlines()
+
+    def wait_until_ready(self, timeout_s: float = 120.0, cancelled: Callable[[], bool] | None = None) -> None:
+        """Block until the server answers (on a worker thread); stops it on timeout or cancellation."""
         deadline = time.monotonic() + timeout_s
         while not self.ready():
+            if cancelled is not None and cancelled():
+                self.stop()
+                raise BackendError("Starting the local backend was cancelled.")
             if time.monotonic() > deadline:
                 self.stop()
-                raise BackendError(f"The local backend did not answer within {timeout_s:.0f} s. Log:\n{self.log_tail()}")
+                raise BackendError(f"The local backend started but did not answer within {timeout_s:.0f} s (the first "
+                                   f"start imports PyTorch and MONAI). Its log ({self.log_file}) ends with:\n{self.log_tail()}")
             time.sleep(0.25)
+
+    def terminate(self) -> None:
+        """Ask the server and its process tree to stop, without waiting (for application exit)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        if sys.platform == "win32":
+            subprocess.Popen(["taskkill", "/T", "/F", "/PID", str(self.process.pid)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, **_process_options(new_group=False))
+        else:
+            os.killpg(self.process.pid, signal.SIGTERM)
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop the server and every process it started (its job workers included)."""

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 #: Major version of the backend HTTP API this module speaks.
 SUPPORTED_API_MAJOR = 1
 API_PREFIX = "/api/v1"
 _CHUNK = 1 << 20
+#: How long a prediction download may take: the backend computes an uncached prediction in the request.
+PREDICTION_TIMEOUT_S = 600.0
 
 
 class BackendError(RuntimeError):
@@ -35,6 +36,10 @@ class BackendError(RuntimeError):
 
 class BackendUnavailableError(BackendError):
     """No backend answered at the configured address."""
+
+
+class BackendTimeoutError(BackendError):
+    """The backend accepted the connection but did not answer in time."""
 
 
 class IncompatibleBackendError(BackendError):
@@ -113,17 +118,24 @@ class BackendClient:
         return url
 
     def _open(self, method: str, path: str, *, query: dict[str, Any] | None = None, body: Any = None,
-              headers: dict[str, str] | None = None, timeout_s: float | None = None):
+              headers: dict[str, str] | None = None, timeout_s: float | None = None, slow_reason: str | None = None):
         request_headers = {"Accept": "application/json", **(headers or {})}
         if self.token:
             request_headers["Authorization"] = f"Bearer {self.token}"
         request = urllib.request.Request(self._url(path, query), data=body, method=method, headers=request_headers)
+        timeout = timeout_s or self.timeout_s
         try:
-            return urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s)
+            return urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as error:
             raise self._http_error(method, path, error) from None
-        except (urllib.error.URLError, socket.timeout, ConnectionError) as error:
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
             reason = getattr(error, "reason", error)
+            if isinstance(reason, TimeoutError):
+                raise BackendTimeoutError(
+                    f"The backend at {self.base_url} did not answer {method} {path} within {timeout:g} s "
+                    f"({slow_reason or 'it may be busy, or the network is slow'}). Fix: try again; if it keeps "
+                    "happening, check the backend's log and load."
+                ) from None
             raise BackendUnavailableError(
                 f"No DAKR backend answered at {self.base_url} ({reason}). "
                 "Fix: start the local backend, or check the remote address and that the server runs."
@@ -160,12 +172,17 @@ class BackendClient:
             raw = response.read()
         return json.loads(raw) if raw else None
 
-    def _download(self, path: str, destination: Path, query: dict[str, Any] | None = None) -> Path:
+    def _download(self, path: str, destination: Path, query: dict[str, Any] | None = None,
+                  timeout_s: float | None = None, slow_reason: str | None = None,
+                  cancelled: Callable[[], bool] | None = None) -> Path:
         destination = Path(destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial = destination.with_name(destination.name + ".part")
-        with self._open("GET", path, query=query, headers={"Accept": "*/*"}) as response, partial.open("wb") as handle:
+        with (self._open("GET", path, query=query, headers={"Accept": "*/*"}, timeout_s=timeout_s,
+                         slow_reason=slow_reason) as response, partial.open("wb") as handle):
             while chunk := response.read(_CHUNK):
+                if cancelled is not None and cancelled():
+                    raise BackendError(f"Download of {path} cancelled.")
                 handle.write(chunk)
         os.replace(partial, destination)
         return destination
@@ -184,8 +201,11 @@ class BackendClient:
     def site_cases(self, site: str) -> list[dict[str, Any]]:
         return self._json("GET", f"/sites/{_quote(site)}/cases")
 
-    def register_site(self, name: str, cases: list[UploadCase], label_names: dict[str, int] | None = None) -> dict[str, Any]:
-        """``POST /sites`` multipart; the file names carry the case ids (``<case>_0000.nii.gz`` / ``<case>.nii.gz``)."""
+    def register_site(self, name: str, cases: list[UploadCase], label_names: dict[str, int] | None = None,
+                      on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """``POST /sites`` multipart; the file names carry the case ids (``<case>_0000.nii.gz`` / ``<case>.nii.gz``).
+
+        ``on_progress(sent, total)`` is called per chunk sent; an exception it raises aborts the upload."""
         fields: list[tuple[str, str]] = [("name", name)]
         if label_names:
             fields.append(("label_names", json.dumps(label_names)))
@@ -194,6 +214,8 @@ class BackendClient:
             files.append(("images", f"{case.case_id}_0000{_suffix(case.image)}", case.image))
             files.append(("labels", f"{case.case_id}{_suffix(case.label)}", case.label))
         body, content_type, length = _multipart(fields, files)
+        if on_progress is not None:
+            body.on_progress = lambda sent: on_progress(sent, length)
         headers = {"Content-Type": content_type, "Content-Length": str(length)}
         with self._open("POST", "/sites", body=body, headers=headers, timeout_s=max(self.timeout_s, 600.0)) as response:
             return json.loads(response.read())
@@ -241,14 +263,26 @@ class BackendClient:
     def case_dice(self, site: str, case_id: str, before: int, after: int) -> dict[str, float | None]:
         return self._json("GET", f"/sites/{_quote(site)}/cases/{_quote(case_id)}/dice", query={"before": before, "after": after})
 
-    def download_case_file(self, site: str, case_id: str, kind: str, destination: Path, version: int | None = None) -> Path:
-        """Download a stored case's ``image``, ``label`` or ``prediction`` (of ``version``) as NIfTI."""
+    def site_audit_dice(self, site: str, before: int, after: int) -> list[dict[str, Any]]:
+        """Per-structure Dice of every audit case of ``site`` under two versions (one dict per case)."""
+        return self._json("GET", f"/sites/{_quote(site)}/audit-dice", query={"before": before, "after": after})
+
+    def download_case_file(self, site: str, case_id: str, kind: str, destination: Path, version: int | None = None,
+                           cancelled: Callable[[], bool] | None = None) -> Path:
+        """Download a stored case's ``image``, ``label`` or ``prediction`` (of ``version``) as NIfTI.
+
+        A prediction not computed yet is computed by the backend while the request waits, so it gets
+        :data:`PREDICTION_TIMEOUT_S` and a timeout message that says so."""
         if kind not in ("image", "label", "prediction"):
             raise ValueError(f"kind must be image, label or prediction, got {kind!r}")
         if kind == "prediction" and version is None:
             raise ValueError("a prediction needs the model version")
-        query = {"version": version} if kind == "prediction" else None
-        return self._download(f"/sites/{_quote(site)}/cases/{_quote(case_id)}/{kind}", destination, query)
+        path = f"/sites/{_quote(site)}/cases/{_quote(case_id)}/{kind}"
+        if kind == "prediction":
+            return self._download(path, destination, {"version": version}, timeout_s=max(self.timeout_s, PREDICTION_TIMEOUT_S),
+                                  slow_reason=f"it computes the prediction of v{version} for {case_id} on request when none is "
+                                              "stored; on a CPU a large case can take minutes", cancelled=cancelled)
+        return self._download(path, destination, cancelled=cancelled)
 
 
 def _quote(segment: str) -> str:
@@ -268,8 +302,10 @@ class _StreamedBody:
 
     def __init__(self, parts: list[bytes | Path]) -> None:
         self.parts = parts
+        #: Called with the bytes sent so far before each chunk goes out.
+        self.on_progress: Callable[[int], None] | None = None
 
-    def __iter__(self) -> Iterator[bytes]:
+    def _chunks(self) -> Iterator[bytes]:
         for part in self.parts:
             if isinstance(part, Path):
                 with part.open("rb") as handle:
@@ -277,6 +313,14 @@ class _StreamedBody:
                         yield chunk
             else:
                 yield part
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent = 0
+        for chunk in self._chunks():
+            if self.on_progress is not None:
+                self.on_progress(sent)
+            sent += len(chunk)
+            yield chunk
 
 
 def _multipart(fields: list[tuple[str, str]], files: list[tuple[str, str, Path]]) -> tuple[_StreamedBody, str, int]:

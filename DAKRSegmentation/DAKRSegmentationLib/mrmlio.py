@@ -26,8 +26,12 @@ LABEL_COLORS: tuple[tuple[float, float, float], ...] = (
     (0.20, 0.80, 0.75),
     (0.85, 0.45, 0.65),
 )
-#: Colour of the segment marking voxels whose label changed between two versions.
-CHANGED_COLOR = (1.0, 0.0, 1.0)
+#: ``vtkSlicerVolumesLogic`` loading option: read one file, not a series.
+_SINGLE_FILE = 4
+#: Segments of the regression overlay and their colours (as in the HTML report): voxels that were
+#: right before and are wrong after, and the reverse.
+LOST, GAINED = "lost", "gained"
+REGRESSION_COLORS = {LOST: (0.84, 0.15, 0.16), GAINED: (0.17, 0.63, 0.17)}
 
 
 def label_color(value: int) -> tuple[float, float, float]:
@@ -54,15 +58,24 @@ def case_id_from_name(name: str, taken: set[str] | None = None) -> str:
     return candidate
 
 
+def nodes_of_class(scene: "slicer.vtkMRMLScene", class_name: str) -> list:
+    """The nodes of a class in ``scene``. Like ``slicer.util.getNodesByClass`` (the collection the
+    scene returns is released, so nothing leaks), but for the given scene: Slicer's helper reads
+    ``slicer.mrmlScene`` whatever scene it is given."""
+    collection = scene.GetNodesByClass(class_name)
+    collection.UnRegister(None)
+    return [collection.GetItemAsObject(index) for index in range(collection.GetNumberOfItems())]
+
+
 def find_scene_pairs(scene: "slicer.vtkMRMLScene") -> list[ScenePair]:
     """Pair each image volume with its labels: a segmentation whose reference geometry is the volume,
     else a labelmap named like the volume plus a ``-label``/``_seg`` style suffix."""
     volumes = [
-        node for node in _nodes(scene, "vtkMRMLScalarVolumeNode")
+        node for node in nodes_of_class(scene, "vtkMRMLScalarVolumeNode")
         if not node.IsA("vtkMRMLLabelMapVolumeNode")
     ]
-    segmentations = _nodes(scene, "vtkMRMLSegmentationNode")
-    labelmaps = _nodes(scene, "vtkMRMLLabelMapVolumeNode")
+    segmentations = nodes_of_class(scene, "vtkMRMLSegmentationNode")
+    labelmaps = nodes_of_class(scene, "vtkMRMLLabelMapVolumeNode")
     pairs: list[ScenePair] = []
     taken: set[str] = set()
     for volume in volumes:
@@ -82,11 +95,6 @@ def find_scene_pairs(scene: "slicer.vtkMRMLScene") -> list[ScenePair]:
             taken.add(case_id)
             pairs.append(ScenePair(case_id, volume, labels))
     return pairs
-
-
-def _nodes(scene: "slicer.vtkMRMLScene", class_name: str) -> list:
-    collection = scene.GetNodesByClass(class_name)
-    return [collection.GetItemAsObject(i) for i in range(collection.GetNumberOfItems())]
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -127,11 +135,23 @@ def write_labels(labels: "slicer.vtkMRMLSegmentationNode | slicer.vtkMRMLLabelMa
                  label_names: dict[str, int] | None = None) -> Path:
     """Write a case's labels as a label map file on the grid of ``reference``.
 
-    A labelmap volume is written as it is. A segmentation is exported on the reference grid; segment
-    names give the label values through ``label_names``.
+    A labelmap volume on another grid is resampled to it (nearest neighbour; outside its extent is 0).
+    A segmentation is exported on the reference grid; segment names give the label values through
+    ``label_names``.
     """
     if labels.IsA("vtkMRMLLabelMapVolumeNode"):
-        return write_volume(labels, path)
+        if same_geometry(labels, reference):
+            return write_volume(labels, path)
+        scene = labels.GetScene()
+        resampled = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__dakr_resampled__")
+        try:
+            matrix = vtk.vtkMatrix4x4()
+            reference.GetIJKToRASMatrix(matrix)
+            resampled.SetIJKToRASMatrix(matrix)
+            slicer.util.updateVolumeFromArray(resampled, resample_labels(labels, reference))
+            return write_volume(resampled, path)
+        finally:
+            scene.RemoveNode(resampled)
     if label_names is None:
         raise ValueError("label names are needed to write a segmentation as a label map")
     values = segment_label_values(labels, label_names)
@@ -156,6 +176,29 @@ def write_labels(labels: "slicer.vtkMRMLSegmentationNode | slicer.vtkMRMLLabelMa
         scene.RemoveNode(exported)
 
 
+def resample_labels(labels: "slicer.vtkMRMLLabelMapVolumeNode", reference: "slicer.vtkMRMLVolumeNode") -> np.ndarray:
+    """``labels`` on the grid of ``reference`` as a (k, j, i) array: for each reference voxel the label
+    voxel its centre falls in (nearest neighbour, so values stay labels); 0 outside. Slice by slice."""
+    source = slicer.util.arrayFromVolume(labels)
+    dims = reference.GetImageData().GetDimensions()
+    ijk_to_ras, ras_to_ijk = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    reference.GetIJKToRASMatrix(ijk_to_ras)
+    labels.GetRASToIJKMatrix(ras_to_ijk)
+    combined = vtk.vtkMatrix4x4()
+    vtk.vtkMatrix4x4.Multiply4x4(ras_to_ijk, ijk_to_ras, combined)
+    to_source = np.array([[combined.GetElement(r, c) for c in range(4)] for r in range(4)])
+    j, i = np.mgrid[0:dims[1], 0:dims[0]]
+    out = np.zeros((dims[2], dims[1], dims[0]), dtype=source.dtype)
+    for k in range(dims[2]):
+        points = np.stack([i.ravel(), j.ravel(), np.full(i.size, k), np.ones(i.size)])
+        si, sj, sk = np.rint(to_source @ points)[:3].astype(np.int64)
+        inside = (si >= 0) & (si < source.shape[2]) & (sj >= 0) & (sj < source.shape[1]) & (sk >= 0) & (sk < source.shape[0])
+        plane = np.zeros(i.size, dtype=source.dtype)
+        plane[inside] = source[sk[inside], sj[inside], si[inside]]
+        out[k] = plane.reshape(dims[1], dims[0])
+    return out
+
+
 def label_names_from_segmentations(segmentations: list["slicer.vtkMRMLSegmentationNode"]) -> dict[str, int]:
     """A label set for a first site: segment names in order of first appearance get values 1, 2, ..."""
     names: dict[str, int] = {"background": 0}
@@ -171,8 +214,54 @@ def label_names_from_segmentations(segmentations: list["slicer.vtkMRMLSegmentati
 
 
 # -- reading ---------------------------------------------------------------------------------
+def volumes_logic(scene: "slicer.vtkMRMLScene") -> "slicer.vtkSlicerVolumesLogic":
+    """Slicer's Volumes module logic; where the application is absent (PyPI ``slicer-core``), a volumes
+    logic bound to ``scene`` with the Colors logic it needs for display nodes."""
+    volumes = getattr(getattr(slicer, "modules", None), "volumes", None)
+    if volumes is not None:
+        return volumes.logic()
+    application = slicer.vtkSlicerApplicationLogic()
+    application.SetMRMLScene(scene)
+    colors = slicer.vtkSlicerColorLogic()
+    colors.SetMRMLApplicationLogic(application)
+    colors.SetMRMLScene(scene)
+    application.SetModuleLogic("Colors", colors)
+    logic = slicer.vtkSlicerVolumesLogic()
+    logic.SetMRMLApplicationLogic(application)
+    logic.SetMRMLScene(scene)
+    logic.dakr_owned = (application, colors)  # the application logic does not keep its module logics alive
+    return logic
+
+
+def load_volume(scene: "slicer.vtkMRMLScene", path: Path, name: str) -> "slicer.vtkMRMLScalarVolumeNode":
+    """Load an image as Slicer's Add Data does (display and storage nodes, window/level), for nodes the
+    user keeps. The file is temporary: the node is marked modified so that Save writes its data."""
+    node = volumes_logic(scene).AddArchetypeVolume(str(path), name, _SINGLE_FILE)
+    if node is None:
+        raise OSError(f"cannot read image {path}. Fix: check that the file is a readable NIfTI/NRRD image")
+    node.StorableModified()
+    return node
+
+
+def remove_node(node: "slicer.vtkMRMLNode") -> None:
+    """Remove a node with its display and storage nodes (the scene leaves those behind otherwise)."""
+    scene = node.GetScene()
+    if scene is None:
+        return
+    helpers = []
+    if node.IsA("vtkMRMLDisplayableNode"):
+        helpers += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    if node.IsA("vtkMRMLStorableNode"):
+        helpers += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    scene.RemoveNode(node)
+    for helper in helpers:
+        if helper is not None and helper.GetScene() is scene:
+            scene.RemoveNode(helper)
+
+
 def read_volume(scene: "slicer.vtkMRMLScene", path: Path, name: str, labelmap: bool = False) -> "slicer.vtkMRMLVolumeNode":
-    """Read an image file into a new scalar (or labelmap) volume node (RAS in memory)."""
+    """Read an image file into a new bare scalar (or labelmap) volume node (RAS in memory; no display
+    or storage node: for intermediate nodes that are removed again)."""
     class_name = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
     node = scene.AddNewNodeByClass(class_name, name)
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
@@ -224,25 +313,43 @@ def import_labelmap_file(scene: "slicer.vtkMRMLScene", path: Path, name: str, la
         scene.RemoveNode(labelmap)
 
 
-def changed_voxels_segmentation(before: "slicer.vtkMRMLLabelMapVolumeNode", after: "slicer.vtkMRMLLabelMapVolumeNode",
-                                name: str) -> tuple["slicer.vtkMRMLSegmentationNode", np.ndarray]:
-    """A segmentation with one segment, ``changed voxels``, where ``before`` and ``after`` differ,
-    and that mask as a (k, j, i) array. Both label maps must share one grid."""
-    if not same_geometry(before, after):
-        raise ValueError(f"'{before.GetName()}' and '{after.GetName()}' are not on the same grid; cannot compare them voxel-wise")
-    changed = (slicer.util.arrayFromVolume(before) != slicer.util.arrayFromVolume(after)).astype(np.uint8)
-    scene = before.GetScene()
+def regression_segmentation(truth: "slicer.vtkMRMLLabelMapVolumeNode", before: "slicer.vtkMRMLLabelMapVolumeNode",
+                            after: "slicer.vtkMRMLLabelMapVolumeNode", name: str,
+                            ) -> tuple["slicer.vtkMRMLSegmentationNode", np.ndarray, np.ndarray]:
+    """A segmentation with segments ``lost`` (right before, wrong after) and ``gained`` (wrong before,
+    right after), and those two masks as (k, j, i) arrays. All three label maps must share one grid."""
+    for other in (before, after):
+        if not same_geometry(truth, other):
+            raise ValueError(f"'{truth.GetName()}' and '{other.GetName()}' are not on the same grid; cannot compare them voxel-wise")
+    truth_array = slicer.util.arrayFromVolume(truth)
+    right_before = slicer.util.arrayFromVolume(before) == truth_array
+    right_after = slicer.util.arrayFromVolume(after) == truth_array
+    lost, gained = right_before & ~right_after, ~right_before & right_after
+    codes = np.zeros(truth_array.shape, dtype=np.uint8)
+    codes[lost], codes[gained] = 1, 2
+    scene = truth.GetScene()
     mask = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"__dakr_{name}__")
     try:
         matrix = vtk.vtkMatrix4x4()
-        before.GetIJKToRASMatrix(matrix)
+        truth.GetIJKToRASMatrix(matrix)
         mask.SetIJKToRASMatrix(matrix)
-        slicer.util.updateVolumeFromArray(mask, changed)
-        segmentation = labelmap_to_segmentation(mask, name, {"changed voxels": 1}, before)
-        segmentation.GetSegmentation().GetNthSegment(0).SetColor(*CHANGED_COLOR)
-        return segmentation, changed.astype(bool)
+        slicer.util.updateVolumeFromArray(mask, codes)
+        segmentation = labelmap_to_segmentation(mask, name, {LOST: 1, GAINED: 2}, truth)
+        segments = segmentation.GetSegmentation()
+        for index in range(segments.GetNumberOfSegments()):
+            segment = segments.GetNthSegment(index)
+            segment.SetColor(*REGRESSION_COLORS[segment.GetName()])
+        return segmentation, lost, gained
     finally:
         scene.RemoveNode(mask)
+
+
+def segment_id(segmentation: "slicer.vtkMRMLSegmentationNode", name: str) -> str:
+    """The ID of the segment called ``name``."""
+    segment = segmentation.GetSegmentation().GetSegmentIdBySegmentName(name)
+    if not segment:
+        raise KeyError(f"'{segmentation.GetName()}' has no segment '{name}'")
+    return segment
 
 
 def mask_centre(volume: "slicer.vtkMRMLVolumeNode", mask: np.ndarray) -> tuple[float, float, float] | None:

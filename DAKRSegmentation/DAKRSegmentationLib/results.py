@@ -118,8 +118,12 @@ def fill_results_table(table_node: "slicer.vtkMRMLTableNode", comparison: Versio
     _column(table, LEARNED_COLUMN, [row.when_learned for row in rows] + [None], numeric=True)
     table_node.SetAndObserveTable(table)
     table_node.SetUseColumnTitleAsColumnHeader(True)
-    table_node.SetColumnTitle(BEFORE_COLUMN, f"Dice before (v{comparison.before})")
-    table_node.SetColumnTitle(AFTER_COLUMN, f"Dice after (v{comparison.after})")
+    # Short titles so that the five columns fit the module panel without horizontal scrolling; the
+    # versions are in the node name (and the panel's Before/After selectors).
+    for column, title in ((BEFORE_COLUMN, "Before"), (AFTER_COLUMN, "After"), (DIFFERENCE_COLUMN, "Change"),
+                          (LEARNED_COLUMN, "Learned")):
+        table_node.SetColumnTitle(column, title)
+    table_node.SetName(f"DAKR Dice v{comparison.before} (before) vs v{comparison.after} (after)")
     table_node.SetLocked(True)
 
 

@@ -9,11 +9,11 @@ import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import slicer
 
-from . import audit, mrmlio, results
+from . import audit, mrmlio, regressions, results
 from .client import BackendClient, UploadCase, ValidationFailedError
 from .jobs import RESUMABLE_STATES, JobMonitor
 
@@ -41,6 +41,19 @@ class AdaptSettings:
             "continual.lambda_cra": float(self.lambda_cra),
             **self.extra,
         }
+
+
+@dataclass
+class SiteUpload:
+    """A new site's cases written to files, ready to upload."""
+
+    name: str
+    folder: Path
+    cases: list[UploadCase]
+    #: The label set a first site defines from its segment names (``None``: the store has one).
+    new_label_names: dict[str, int] | None
+    #: One line per case naming its scene nodes, added to validation errors.
+    legend: list[str]
 
 
 def is_loopback(url: str) -> bool:
@@ -89,6 +102,8 @@ class Session:
         self.work_dir = Path(work_dir)
         self.info = client.info()
         self.audit_case: audit.AuditCase | None = None
+        #: Segment colours by label name from Slicer's terminologies (``None``: not looked up yet).
+        self.label_colors: dict[str, tuple[float, float, float]] | None = None
 
     def refresh(self) -> dict[str, Any]:
         self.info = self.client.info()
@@ -110,7 +125,11 @@ class Session:
 
     # -- sites ------------------------------------------------------------------------------------
     def register_site_from_scene(self, name: str, pairs: list[mrmlio.ScenePair]) -> dict[str, Any]:
-        """Write each pair to files on its volume's grid and upload them as a new site."""
+        """Write each pair to files on its volume's grid and upload them as a new site (blocking)."""
+        return self.upload_site(self.prepare_site_upload(name, pairs))
+
+    def prepare_site_upload(self, name: str, pairs: list[mrmlio.ScenePair]) -> SiteUpload:
+        """Write each pair to files on its volume's grid (GUI thread: reads MRML nodes)."""
         if len(pairs) < 2:
             raise ValueError("a site needs at least 2 cases. Fix: add more image/segmentation pairs")
         label_names = self.label_names
@@ -130,13 +149,20 @@ class Session:
                 )
                 for pair in pairs
             ]
-            try:
-                return self.client.register_site(name, cases, new_label_names)
-            except ValidationFailedError as error:
-                legend = [f"case {p.case_id} = volume '{p.volume.GetName()}' + labels '{p.labels.GetName()}'" for p in pairs]
-                raise ValidationFailedError(f"{error}\n\n" + "\n".join(legend), error.problems, error.payload) from None
-        finally:
+        except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
+            raise
+        legend = [f"case {p.case_id} = volume '{p.volume.GetName()}' + labels '{p.labels.GetName()}'" for p in pairs]
+        return SiteUpload(name, folder, cases, new_label_names, legend)
+
+    def upload_site(self, upload: SiteUpload, on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+        """Upload prepared files as a new site and remove them (no MRML: safe on a worker thread)."""
+        try:
+            return self.client.register_site(upload.name, upload.cases, upload.new_label_names, on_progress)
+        except ValidationFailedError as error:
+            raise ValidationFailedError(f"{error}\n\n" + "\n".join(upload.legend), error.problems, error.payload) from None
+        finally:
+            shutil.rmtree(upload.folder, ignore_errors=True)
 
     def register_site_from_folder(self, name: str, folder: Path) -> dict[str, Any]:
         """Register an nnU-Net raw folder: read in place by a local backend, uploaded to a remote one."""
@@ -171,11 +197,21 @@ class Session:
         parent = active.get("parent")
         return (int(parent) if parent is not None else int(active["id"])), int(active["id"])
 
+    def fetch_results(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The evaluation matrix and the models (no MRML: safe on a worker thread)."""
+        return self.client.evaluation_matrix(), self.client.models()
+
+    def fetch_overview(self) -> dict[str, Any]:
+        """Fresh info, models, sites and the job to follow (no MRML: safe on a worker thread)."""
+        self.refresh()
+        return {"models": self.client.models(), "sites": self.client.sites(), "job": self.job_to_follow()}
+
     def update_results(self, before: int, after: int, table: "slicer.vtkMRMLTableNode",
-                       plot_table: "slicer.vtkMRMLTableNode", chart: "slicer.vtkMRMLPlotChartNode") -> results.VersionComparison:
-        """Fill the comparison table and the Dice-across-versions plot from the backend's numbers."""
-        matrix = self.client.evaluation_matrix()
-        models = self.client.models()
+                       plot_table: "slicer.vtkMRMLTableNode", chart: "slicer.vtkMRMLPlotChartNode",
+                       fetched: tuple[dict[str, Any], list[dict[str, Any]]] | None = None) -> results.VersionComparison:
+        """Fill the comparison table and the Dice-across-versions plot from the backend's numbers
+        (``fetched``: what :meth:`fetch_results` returned; fetched here when ``None``)."""
+        matrix, models = fetched or self.fetch_results()
         comparison = results.compare_versions(matrix, models, before, after)
         results.fill_results_table(table, comparison)
         results.fill_dice_plot(self.scene, chart, plot_table, matrix, models, after)
@@ -183,15 +219,29 @@ class Session:
 
     # -- audit ------------------------------------------------------------------------------------
     def load_audit_case(self, site: str, case_id: str, before: int, after: int) -> audit.AuditCase:
-        """Load one stored case with both versions' segmentations, replacing the previous audit case."""
+        """Load one stored case with both versions' segmentations, replacing the previous audit case (blocking)."""
+        return self.show_audit_files(self.download_audit_case(site, case_id, before, after))
+
+    def download_audit_case(self, site: str, case_id: str, before: int, after: int,
+                            cancelled: Callable[[], bool] | None = None) -> audit.AuditFiles:
+        """Download a case, both predictions and its Dice (no MRML: safe on a worker thread)."""
         if self.label_names is None:
             self.refresh()
+        return audit.download_audit_case(self.client, site, case_id, before, after, self._work_folder() / "audit", cancelled)
+
+    def show_audit_files(self, files: audit.AuditFiles,
+                         colors: dict[str, tuple[float, float, float]] | None = None) -> audit.AuditCase:
+        """Load downloaded audit files into the scene, replacing the previous audit case (GUI thread);
+        ``colors``: segment colours by label name (from the terminologies)."""
         if self.audit_case is not None:
             self.audit_case.remove()
             self.audit_case = None
-        self.audit_case = audit.load_audit_case(self.client, self.scene, site, case_id, before, after,
-                                                self.label_names or {}, self._work_folder() / "audit")
+        self.audit_case = audit.load_audit_files(self.scene, files, self.label_names or {}, colors)
         return self.audit_case
+
+    def fetch_audit_table(self, site: str, before: int, after: int) -> list[regressions.CaseRegression]:
+        """The per-case, per-structure Dice of a site's audit cases (no MRML: safe on a worker thread)."""
+        return regressions.case_regressions(self.client.site_audit_dice(site, before, after))
 
     def _work_folder(self) -> Path:
         self.work_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 # extension uses, recording what they are given and failing on missing files.
 set(Slicer_USE_PYTHONQT ON)
 set(BUILD_TESTING ON)
-set(Slicer_QTSCRIPTEDMODULES_LIB_DIR "lib/Slicer-5.8/qt-scripted-modules")
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR "lib/Slicer-${Slicer_VERSION_MAJOR}.${Slicer_VERSION_MINOR}/qt-scripted-modules")
 set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR "${Slicer_QTSCRIPTEDMODULES_LIB_DIR}")
 set(_STAND_IN_USED TRUE)
 
@@ -36,6 +36,9 @@ macro(slicerMacroBuildScriptedModule)
   _stand_in_require_files("slicerMacroBuildScriptedModule(SCRIPTS)" "${CMAKE_CURRENT_SOURCE_DIR}" ${MY_SLICER_SCRIPTS})
   _stand_in_require_files("slicerMacroBuildScriptedModule(RESOURCES)" "${CMAKE_CURRENT_SOURCE_DIR}" ${MY_SLICER_RESOURCES})
   _stand_in_record(STAND_IN_MODULES "${MY_SLICER_NAME}")
+  if(MY_SLICER_WITH_GENERIC_TESTS)
+    _stand_in_record(STAND_IN_GENERIC_TESTS "${MY_SLICER_NAME}")
+  endif()
   _stand_in_record(STAND_IN_MODULE_SCRIPTS ${MY_SLICER_SCRIPTS})
   _stand_in_record(STAND_IN_MODULE_RESOURCES ${MY_SLICER_RESOURCES})
 endmacro()

@@ -30,7 +30,7 @@ def register_segmentation_converters() -> None:
 
 
 def new_scene() -> "slicer.vtkMRMLScene":
-    """A scene with the view nodes Slicer's layout manager would create (layout, Red/Yellow/Green)."""
+    """A scene with the view nodes Slicer's layout manager would create (layout, Red/Yellow/Green, 3D view 1)."""
     register_segmentation_converters()
     scene = slicer.vtkMRMLScene()
     scene.AddNewNodeByClass("vtkMRMLLayoutNode").SetSingletonTag("vtkMRMLLayoutNode")
@@ -43,6 +43,10 @@ def new_scene() -> "slicer.vtkMRMLScene":
         composite.SetLayoutName(name)
         composite.SetSingletonTag(name)
         scene.AddNode(composite)
+    view = slicer.vtkMRMLViewNode()
+    view.SetLayoutName("1")
+    view.SetSingletonTag("1")
+    scene.AddNode(view)
     return scene
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +34,8 @@ class FakeBackend:
     def __init__(self, routes: dict[tuple[str, str], Route]) -> None:
         self.routes = dict(routes)
         self.requests: list[Request] = []
+        #: Seconds every answer is delayed by (a slow or distant backend).
+        self.delay_s = 0.0
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,6 +45,7 @@ class FakeBackend:
                 request = Request(self.command, parsed.path, urllib.parse.parse_qs(parsed.query),
                                   dict(self.headers), self.rfile.read(length) if length else b"")
                 fake.requests.append(request)
+                time.sleep(fake.delay_s)
                 route = fake.routes.get((self.command, parsed.path))
                 status, body = (404, {"detail": f"no route {self.command} {parsed.path}"}) if route is None else (
                     route(request) if callable(route) else route)

@@ -3,7 +3,8 @@
     QT_QPA_PLATFORM=offscreen .venv/bin/python Testing/Python/render_module_panel.py [OUT.png]
 
 Slicer's custom widgets (ctk, qMRML) are drawn by small PySide6 stand-ins; the panel is filled
-with illustrative values (a connected CPU backend, three versions, a running job, a results table).
+with illustrative values (a connected backend, two versions, a running job, the results table and
+the audit table) and carries a banner saying it is a mock, not a screenshot of Slicer.
 """
 
 from __future__ import annotations
@@ -25,19 +26,23 @@ STRATEGIES = ["dakr", "replay", "finetune", "ewc", "lwf", "joint", "distill", "d
 
 
 class ctkCollapsibleButton(QtWidgets.QGroupBox):
-    """Stand-in: a titled box (Slicer draws a full-width header button with an arrow)."""
+    """Stand-in: a titled box (Slicer draws a full-width header button with an arrow); a collapsed
+    one shows only its title."""
 
     def _text(self) -> str:
-        return self.title().removeprefix("▾ ")
+        return self.title().lstrip("▸▾ ")
 
     def _set_text(self, text: str) -> None:
-        self.setTitle(f"▾ {text}")
+        self.setTitle(("▸ " if self._collapsed() else "▾ ") + text)
 
     def _collapsed(self) -> bool:
-        return False
+        return bool(self.property("_collapsed"))
 
     def _set_collapsed(self, collapsed: bool) -> None:
-        return None
+        text = self._text()
+        self.setProperty("_collapsed", collapsed)
+        self._set_text(text)
+        self.setMaximumHeight(28 if collapsed else 16777215)
 
     text = Property(str, _text, _set_text)
     collapsed = Property(bool, _collapsed, _set_collapsed)
@@ -100,14 +105,19 @@ def load_panel() -> QtWidgets.QWidget:
     return panel
 
 
+#: Banner on the rendered panel.
+MOCK_BANNER = "MOCK: the .ui rendered offscreen with illustrative values, not a screenshot of Slicer"
+
+
 def _fill_table(table: QtWidgets.QTableWidget, headers: list[str], rows: list[list[str]]) -> None:
+    """Fill a table and size its columns as the module does (stretched to the panel width)."""
     table.setColumnCount(len(headers))
     table.setHorizontalHeaderLabels(headers)
     table.setRowCount(len(rows))
     for r, row in enumerate(rows):
         for c, value in enumerate(row):
             table.setItem(r, c, QtWidgets.QTableWidgetItem(value))
-    table.resizeColumnsToContents()
+    table.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.Stretch)
 
 
 def fill_example(panel: QtWidgets.QWidget) -> None:
@@ -140,15 +150,25 @@ def fill_example(panel: QtWidgets.QWidget) -> None:
     ui["resumeButton"].setEnabled(False)
     ui["beforeVersionComboBox"].addItems(["v1 · HospitalA · finetune"])
     ui["afterVersionComboBox"].addItems(["v2 · HospitalB · dakr"])
-    _fill_table(ui["resultsTableView"], ["Site", "Dice before (v1)", "Dice after (v2)", "Difference", "Dice when learned"], [
+    _fill_table(ui["resultsTableView"], ["Site", "Before", "After", "Change", "Learned"], [
         ["HospitalA", "0.871", "0.862", "-0.009", "0.871"], ["HospitalB", "0.644", "0.853", "+0.209", "0.853"],
         ["BWT", "", "", "-0.009", ""]])
     ui["bwtLabel"].setText("Backward transfer of v2: -0.009 (negative = forgetting)")
     ui["auditSiteComboBox"].addItems(["HospitalA"])
-    ui["auditCaseComboBox"].addItems(["HA-004"])
-    ui["showGroundTruthCheckBox"].setChecked(True)
-    ui["showChangesCheckBox"].setChecked(True)
-    ui["auditDiceLabel"].setText("HospitalA / HA-004: Dice v1 0.874 → v2 0.866 · 412 voxels changed")
+    _fill_table(ui["auditCasesTableWidget"], ["Case", "Before", "After", "Change", "Worst"], [
+        ["HA-011", "0.883", "0.829", "-0.054", "hippo -0.121"], ["HA-004", "0.874", "0.866", "-0.008", "csf -0.019"],
+        ["HA-017", "0.861", "0.864", "0.003", "csf -0.004"], ["HA-020", "0.852", "0.871", "0.019", "gm +0.006"]])
+    ui["auditCasesTableWidget"].selectRow(0)
+    for name in ("showGroundTruthCheckBox", "showLostCheckBox", "showGainedCheckBox"):
+        ui[name].setChecked(True)
+    ui["auditOpacitySlider"].setValue(60)
+    ui["auditDiceLabel"].setText("HospitalA / HA-011: Dice v1 0.883 → v2 0.829 · 1,904 voxels lost, 377 gained\n"
+                                 "hippocampus 0.846 → 0.725 (-0.121) · csf 0.902 → 0.884 (-0.018)")
+    banner = QtWidgets.QLabel(MOCK_BANNER)
+    banner.setObjectName("mockBanner")
+    banner.setWordWrap(True)
+    banner.setStyleSheet("background: #fff3b0; color: #5a4500; font-weight: bold; padding: 4px;")
+    panel.layout().insertWidget(0, banner)
 
 
 def render(output: Path = DEFAULT_OUTPUT, width: int = 460) -> Path:
@@ -157,8 +177,6 @@ def render(output: Path = DEFAULT_OUTPUT, width: int = 460) -> Path:
     panel = load_panel()
     fill_example(panel)
     panel.resize(width, panel.sizeHint().height())
-    panel.adjustSize()
-    panel.resize(width, panel.height())
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     if not panel.grab().save(str(output)):

@@ -376,6 +376,29 @@ class QProgressBar(QWidget):
         self.minimum, self.maximum = minimum, maximum
 
 
+class QProgressDialog(QWidget):
+    """Shown by the module for installs, uploads and audit loads; every dialog shown is recorded."""
+
+    SIGNALS = {"canceled()"}
+    PROPS = {"labelText": "", "value": 0, "minimum": 0, "maximum": 100, "minimumDuration": 4000}
+    SHOWN: ClassVar[list["QProgressDialog"]] = []
+
+    def setRange(self, minimum: int, maximum: int) -> None:
+        self.minimum, self.maximum = minimum, maximum
+
+    def show(self) -> None:
+        super().show()
+        QProgressDialog.SHOWN.append(self)
+
+    def close(self) -> bool:
+        self.visible = False
+        return True
+
+    def cancel(self) -> None:
+        """Test helper: the user presses Cancel."""
+        self.emit("canceled()")
+
+
 class QPlainTextEdit(QWidget):
     SIGNALS = {"textChanged()"}
     PROPS = {"readOnly": False, "maximumBlockCount": 0, "plainText": ""}
@@ -398,16 +421,49 @@ class QPlainTextEdit(QWidget):
 class QTableWidgetItem:
     def __init__(self, text: str = "") -> None:
         self._text = str(text)
+        self._display: Any = None
+        self.tooltip = ""
 
     def text(self) -> str:
         return self._text
+
+    def setText(self, text: str) -> None:
+        self._text, self._display = str(text), None
+
+    def setData(self, role: int, value: Any) -> None:
+        if role != Qt.DisplayRole:
+            raise ValueError(f"role {role} is not used by the module")
+        self._text, self._display = str(value), value
+
+    def data(self, role: int) -> Any:
+        return self._display if self._display is not None else self._text
+
+    def setToolTip(self, text: str) -> None:
+        self.tooltip = text
+
+
+class QHeaderView(QObject):
+    Interactive, Stretch, ResizeToContents = 0, 1, 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        object.__setattr__(self, "resize_mode", self.Interactive)
+
+    def setSectionResizeMode(self, mode: int) -> None:
+        object.__setattr__(self, "resize_mode", mode)
 
 
 class QAbstractItemView(QWidget):
     NoEditTriggers = 0
     SingleSelection = 1
     SelectRows = 1
-    PROPS = {"editTriggers": 0, "selectionMode": 1, "selectionBehavior": 0, "alternatingRowColors": False}
+    PROPS = {"editTriggers": 0, "selectionMode": 1, "selectionBehavior": 0, "alternatingRowColors": False,
+             "horizontalScrollBarPolicy": None, "sortingEnabled": False}
+
+    def horizontalHeader(self) -> QHeaderView:
+        if "_header" not in self.__dict__:
+            object.__setattr__(self, "_header", QHeaderView())
+        return self._header
 
 
 class QTableView(QAbstractItemView):
@@ -458,6 +514,23 @@ class QTableWidget(QAbstractItemView):
         object.__setattr__(self, "_current", row)
         self.emit("itemSelectionChanged()")
 
+    def sortItems(self, column: int, order: int = 0) -> None:
+        """Sort rows by the column's display data (numbers before text, as Qt compares variants)."""
+        rows = [[self._cells.get((row, c)) for c in range(len(self._columns))] for row in range(self._rows)]
+
+        def key(cells: list) -> tuple:
+            value = cells[column].data(Qt.DisplayRole) if cells[column] is not None else None
+            return (0, value) if isinstance(value, (int, float)) else (1, str(value))
+
+        rows.sort(key=key, reverse=order == Qt.DescendingOrder)
+        object.__setattr__(self, "_cells", {(r, c): cell for r, cells in enumerate(rows) for c, cell in enumerate(cells)
+                                            if cell is not None})
+
+    def clickRow(self, row: int) -> None:
+        """Test helper: the user clicks a row (Qt selects it, then emits cellClicked)."""
+        self.selectRow(row)
+        self.emit("cellClicked(int,int)", row, 0)
+
 
 class QFile:
     ReadOnly = 1
@@ -489,6 +562,75 @@ class Qt:
     BusyCursor = 16
     Vertical = 2
     Horizontal = 1
+    DisplayRole = 0
+    AscendingOrder, DescendingOrder = 0, 1
+
+
+class QKeySequence:
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+class QShortcut(QObject):
+    """Every shortcut created is recorded with its key; ``activate()`` is a test helper (the key press)."""
+
+    SIGNALS = {"activated()"}
+    CREATED: ClassVar[list["QShortcut"]] = []
+
+    def __init__(self, key: QKeySequence, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        object.__setattr__(self, "key", key.key)
+        QShortcut.CREATED.append(self)
+
+    def activate(self) -> None:
+        if self.parent() is not None:
+            self.emit("activated()")
+
+
+class QStatusBar(QObject):
+    def __init__(self) -> None:
+        super().__init__()
+        object.__setattr__(self, "messages", [])
+
+    def showMessage(self, text: str, timeout: int = 0) -> None:
+        self.messages.append(text)
+
+
+class QSystemTrayIcon(QObject):
+    """``available`` and ``MESSAGES`` are test controls/records."""
+
+    available: ClassVar[bool] = True
+    MESSAGES: ClassVar[list[str]] = []
+
+    def __init__(self, icon: Any = None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+
+    @staticmethod
+    def isSystemTrayAvailable() -> bool:
+        return QSystemTrayIcon.available
+
+    def show(self) -> None:
+        return None
+
+    def showMessage(self, title: str, text: str) -> None:
+        QSystemTrayIcon.MESSAGES.append(text)
+
+
+class MainWindow(QObject):
+    """``slicer.util.mainWindow()``; ``active`` says whether it has the focus."""
+
+    PROPS = {"windowIcon": None}
+    active: bool = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        object.__setattr__(self, "_status", QStatusBar())
+
+    def statusBar(self) -> QStatusBar:
+        return self._status
+
+    def isActiveWindow(self) -> bool:
+        return self.active
 
 
 # -- ctk ----------------------------------------------------------------------------------------
@@ -943,6 +1085,10 @@ def install(monkeypatch: Any, scene: "slicer.vtkMRMLScene", temporary_path: path
     """Put the doubles in place for one test (``monkeypatch`` undoes it); returns what tests inspect."""
     UNHANDLED.clear()
     TIMERS.clear()
+    QProgressDialog.SHOWN.clear()
+    QShortcut.CREATED.clear()
+    QSystemTrayIcon.MESSAGES.clear()
+    QSystemTrayIcon.available = True
     QApplication.override_cursors.clear()
     qt_module = _module("qt", **{name: value for name, value in globals().items()
                                  if name.startswith("Q") and isinstance(value, type) or name == "Qt"})
@@ -957,7 +1103,8 @@ def install(monkeypatch: Any, scene: "slicer.vtkMRMLScene", temporary_path: path
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", _module(
         "slicer.parameterNodeWrapper", parameterNodeWrapper=parameterNodeWrapper, Choice=Choice, WithinRange=WithinRange))
     app = Application(scene, str(temporary_path))
-    dialogs = types.SimpleNamespace(errors=[], confirmations=[], confirm_answer=True, pip_installs=[])
+    main_window = MainWindow()
+    dialogs = types.SimpleNamespace(errors=[], infos=[], confirmations=[], confirm_answer=True)
 
     def confirm(text: str, windowTitle: str | None = None, **kwargs: Any) -> bool:
         dialogs.confirmations.append(text)
@@ -968,6 +1115,10 @@ def install(monkeypatch: Any, scene: "slicer.vtkMRMLScene", temporary_path: path
                         ("qMRMLTableView", qMRMLTableView)):
         monkeypatch.setattr(slicer, name, value, raising=False)
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, *a, **k: dialogs.errors.append(text))
+    monkeypatch.setattr(slicer.util, "infoDisplay", lambda text, *a, **k: dialogs.infos.append(text))
+    monkeypatch.setattr(slicer.util, "delayDisplay", lambda text, *a, **k: dialogs.infos.append(text))
+    monkeypatch.setattr(slicer.util, "mainWindow", lambda: main_window)
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", confirm)
-    monkeypatch.setattr(slicer.util, "pip_install", lambda requirements, **k: dialogs.pip_installs.append(requirements))
-    return types.SimpleNamespace(app=app, dialogs=dialogs, timers=TIMERS, unhandled=UNHANDLED)
+    return types.SimpleNamespace(app=app, dialogs=dialogs, timers=TIMERS, unhandled=UNHANDLED,
+                                 progress_dialogs=QProgressDialog.SHOWN, main_window=main_window,
+                                 shortcuts=QShortcut.CREATED, tray_messages=QSystemTrayIcon.MESSAGES)

@@ -7,16 +7,18 @@ from __future__ import annotations
 import os
 import stat
 import time
-from importlib import metadata
+import tomllib
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from conftest import REPO
 from DAKRSegmentationLib import backend as backend_module
 from DAKRSegmentationLib.backend import LocalBackend
 from DAKRSegmentationLib.client import BackendError
 from stand_in_python import stand_in_python
+
 
 def test_server_is_started_with_a_private_token_file_and_the_backend_on_pythonpath(tmp_path: Path) -> None:
     python = stand_in_python(tmp_path, serve="sleep 30")
@@ -30,7 +32,7 @@ def test_server_is_started_with_a_private_token_file_and_the_backend_on_pythonpa
         calls = (tmp_path / "calls.txt").read_text().splitlines()
         assert calls[0] == f"-m dakr init {tmp_path / 'store'}"
         assert calls[2] == (f"-m dakr serve {tmp_path / 'store'} --host 127.0.0.1 --port {backend.port} "
-                            f"--token-file {backend.token_file}")
+                            f"--token-file {backend.token_file} --parent-pid {os.getpid()}")
         assert calls[3] == f"PYTHONPATH={tmp_path / 'backend-src'}{os.pathsep}/elsewhere"
         assert backend.token not in " ".join(calls), "the token must not appear on a command line"
         assert backend.token_file.read_text() == backend.token
@@ -82,27 +84,52 @@ def _alive(pid: int) -> bool:
     return not (status.exists() and "State:\tZ" in status.read_text())
 
 
-def test_requirements_exclude_what_slicer_and_the_pytorch_extension_provide() -> None:
+def test_requirements_are_ranges_without_torch_and_without_demo_or_report_packages() -> None:
     pyproject = REPO / "python_backend" / "pyproject.toml"
-    requirements = backend_module.backend_requirements(pyproject)
-    names = {requirement.split("==")[0].lower() for requirement in requirements}
-    assert "fastapi" in names and "monai" in names
-    assert not names & {"numpy", "simpleitk", "torch"}
-    assert backend_module.torch_requirement(pyproject).startswith(">=2.")
+    requirements = [Requirement(text) for text in backend_module.backend_requirements(pyproject)]
+    names = {requirement.name.lower() for requirement in requirements}
+    assert {"fastapi", "monai", "numpy", "simpleitk", "scipy"} <= names
+    assert not names & {"torch", "nilearn", "matplotlib"}
+    for requirement in requirements:
+        operators = {spec.operator for spec in requirement.specifier}
+        assert operators == {">=", "<"}, f"{requirement} must be a range: >= tested minimum, < next major"
+    bundled = {"numpy": "2.3.4", "scipy": "1.16.3", "simpleitk": "2.5.3"}
+    for requirement in requirements:
+        if requirement.name.lower() in bundled:
+            assert requirement.specifier.contains(bundled[requirement.name.lower()]), f"{requirement} rejects Slicer's own"
+    assert backend_module.torch_requirement(pyproject) in ("<3,>=2.13", ">=2.13,<3")
 
 
-def test_missing_requirements_compares_installed_versions() -> None:
-    installed = metadata.version("pytest")
-    assert backend_module.missing_requirements([f"pytest=={installed}", "pytest", f"PyTest=={installed}"]) == []
-    assert backend_module.missing_requirements(["pytest==0.0.1", "surely-not-installed-dakr-pkg==1.0"]) == [
-        "pytest==0.0.1", "surely-not-installed-dakr-pkg==1.0"]
+def test_demo_and_report_packages_are_optional_extras() -> None:
+    project = tomllib.loads((REPO / "python_backend" / "pyproject.toml").read_text())["project"]
+    extras = {name: {Requirement(text).name.lower() for text in values} for name, values in project["optional-dependencies"].items()}
+    assert extras["report"] == {"matplotlib"}
+    assert extras["demo"] == {"nilearn", "matplotlib"}
 
 
-def test_constraints_pin_the_shared_packages_to_what_is_installed() -> None:
-    pins = backend_module.shared_package_constraints().split()
-    assert f"numpy=={metadata.version('numpy')}" in pins
-    assert f"simpleitk=={metadata.version('SimpleITK')}" in pins
-    assert f"torch=={metadata.version('torch')}" in pins
+def test_the_project_venv_is_pinned_by_the_constraints_file() -> None:
+    pins = {}
+    for line in (REPO / "python_backend" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    project = tomllib.loads((REPO / "python_backend" / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + [text for values in project["optional-dependencies"].values() for text in values]
+    for text in declared:
+        requirement = Requirement(text)
+        key = requirement.name.lower().replace("_", "-")
+        if key == "torch":
+            continue
+        assert key in pins, f"{requirement.name} has no exact pin in constraints.txt"
+        assert requirement.specifier.contains(pins[key]), f"pin {key}=={pins[key]} is outside {requirement}"
+    makefile = (REPO / "Makefile").read_text()
+    assert "TORCH_SPEC ?= torch==2.13.0" in makefile and makefile.count("-c $(CONSTRAINTS)") == 2
+
+
+@pytest.mark.parametrize(("installed", "too_old"), [("2.4.1+cu121", True), ("2.12.9", True), ("2.13.0", False),
+                                                   ("2.13.0+cpu", False), ("2.14.1", False)])
+def test_an_older_torch_is_detected(installed: str, too_old: bool) -> None:
+    assert backend_module.torch_too_old(installed, ">=2.13,<3") is too_old
 
 
 def test_backend_is_found_in_the_source_tree_and_in_an_installed_module(tmp_path: Path) -> None:

@@ -17,10 +17,13 @@ from conftest import MODULE_DIR, REPO
 STAND_IN = REPO / "Testing" / "CMake"
 BACKEND = REPO / "python_backend"
 RAW_URL = re.compile(r"^https://raw\.githubusercontent\.com/(?P<owner>[^/]+)/(?P<repo>[^/]+)/(?P<branch>[^/]+)/(?P<path>.+)$")
-#: Properties allowed by the catalog entry schema v1.0.1 and their JSON types.
-SCHEMA_PROPERTIES = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+#: The Extensions Index catalog entry schema v1.0.2: its properties and their JSON types (no others allowed).
+SCHEMA_VERSION = "1.0.2"
+SCHEMA_PROPERTIES = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str,
                      "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int}
 SCHEMA_REQUIRED = {"$schema", "category", "scm_url"}
+#: Extension tiers: 1 experimental, 3 community-supported, 5 maintained with Slicer core.
+SCHEMA_TIERS = {1, 3, 5}
 
 
 def configure(source: Path, build: Path) -> subprocess.CompletedProcess:
@@ -65,11 +68,12 @@ def test_configure_lists_every_module_script_and_resource(manifest) -> None:
     assert sorted(manifest["module_scripts"]) == _files(MODULE_DIR, ".", "*.py"), "every module .py must be listed (and exist)"
     assert sorted(manifest["module_resources"]) == _files(MODULE_DIR, "Resources", "*"), "every resource must be listed"
     assert manifest["unittests"] == ["DAKRSegmentation.py"]
+    assert manifest["generic_tests"] == ["DAKRSegmentation"], "WITH_GENERIC_TESTS adds Slicer's generic module tests"
 
 
 def test_the_backend_package_ships_with_the_module(manifest) -> None:
     assert sorted(manifest["shipped_scripts"]) == _files(BACKEND, "dakr", "*.py")
-    module_dir = manifest["_build"] / "lib" / "Slicer-5.8" / "qt-scripted-modules"
+    module_dir = manifest["_build"] / "lib" / "Slicer-5.10" / "qt-scripted-modules"
     assert (module_dir / "dakr-pyproject.toml").read_text() == (BACKEND / "pyproject.toml").read_text()
     for data in _files(BACKEND, "dakr", "*.json"):
         assert (module_dir / data).read_bytes() == (BACKEND / data).read_bytes()
@@ -114,14 +118,38 @@ def _local_file_of(url: str) -> Path:
     return REPO / match.group("path")
 
 
+def schema_problems(entry: dict) -> list[str]:
+    """What in a catalog entry breaks the schema rules above (empty when it follows them)."""
+    problems = [f"missing {key}" for key in sorted(SCHEMA_REQUIRED - set(entry))]
+    problems += [f"unknown key {key}" for key in sorted(set(entry) - set(SCHEMA_PROPERTIES))]
+    problems += [f"{key} must be a {SCHEMA_PROPERTIES[key].__name__}" for key, value in entry.items()
+                 if key in SCHEMA_PROPERTIES and type(value) is not SCHEMA_PROPERTIES[key]]
+    if "tier" in entry and entry["tier"] not in SCHEMA_TIERS:
+        problems.append(f"tier must be one of {sorted(SCHEMA_TIERS)}")
+    if not all(isinstance(name, str) for name in entry.get("build_dependencies", [])):
+        problems.append("build_dependencies must be names")
+    if not re.fullmatch(r"https://\S+|git@\S+", str(entry.get("scm_url", ""))):
+        problems.append("scm_url must be an https or git@ URL")
+    return problems
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    ({"scm_type": "git"}, "unknown key scm_type"), ({"tier": 2}, "tier must be one of [1, 3, 5]"),
+    ({"tier": True}, "tier must be a int"), ({"enabled": 1}, "enabled must be a bool"),
+    ({"scm_url": "ftp://x"}, "scm_url must be an https or git@ URL")])
+def test_the_schema_check_finds_what_breaks_the_rules(change: dict, problem: str) -> None:
+    entry = {**json.loads((REPO / "DAKRSegmentation.json").read_text()), **change}
+    assert problem in schema_problems(entry)
+    assert schema_problems({"category": "x", "scm_url": "https://x"}) == ["missing $schema"]
+
+
 def test_index_description_file_follows_the_catalog_rules() -> None:
     entry_file = REPO / "DAKRSegmentation.json"
     entry = json.loads(entry_file.read_text())
-    assert SCHEMA_REQUIRED <= set(entry) <= set(SCHEMA_PROPERTIES), f"keys {sorted(entry)}"
-    for key, value in entry.items():
-        assert isinstance(value, SCHEMA_PROPERTIES[key]), f"{key} must be a {SCHEMA_PROPERTIES[key].__name__}"
-    assert re.fullmatch(r"https://raw\.githubusercontent\.com/Slicer/Slicer/main/Schemas/"
-                        r"slicer-extension-catalog-entry-schema-v1\.0\.\d\.json#", entry["$schema"])
+    assert schema_problems(entry) == []
+    assert entry["$schema"] == ("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
+                                f"slicer-extension-catalog-entry-schema-v{SCHEMA_VERSION}.json#")
+    assert "tier" in entry
     project = re.search(r"^project\((\w+)\)", (REPO / "CMakeLists.txt").read_text(), re.MULTILINE).group(1)
     assert project == entry_file.stem, "project() name must equal the description file name"
     assert entry["category"] == _cmake_value("EXTENSION_CATEGORY")

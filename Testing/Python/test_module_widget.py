@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import stat
 import sys
 import time
 import types
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ import SimpleITK as sitk
 import slicer
 
 import slicer_gui_doubles as doubles
+from DAKRSegmentationLib import mrmlio
 from fake_http import INFO, FakeBackend
 
 MODELS_V1 = [{"id": 1, "parent": None, "site": "A", "strategy": "dakr", "created": "2026-01-02T10:00:00", "seed": 0,
@@ -50,6 +54,9 @@ class Backend:
             ("GET", "/api/v1/sites"): (200, SITES),
             ("GET", "/api/v1/sites/A/cases"): (200, [{"case_id": "a1", "split": "train"}, {"case_id": "a2", "split": "audit"}]),
             ("GET", "/api/v1/sites/B/cases"): (200, [{"case_id": "b1", "split": "train"}, {"case_id": "b2", "split": "audit"}]),
+            ("GET", "/api/v1/sites/A/audit-dice"): (200, [{"case_id": "a2", "before": {"shell": 0.9, "core": 0.8},
+                                                            "after": {"shell": 0.85, "core": 0.82}}]),
+            ("GET", "/api/v1/sites/B/audit-dice"): (200, [{"case_id": "b2", "before": None, "after": {"shell": 0.9, "core": 0.7}}]),
             ("GET", "/api/v1/jobs"): lambda r: (200, self.jobs_list),
             ("POST", "/api/v1/jobs"): (202, {"job_id": "j1"}),
             ("GET", "/api/v1/jobs/j1/events"): self._events,
@@ -104,6 +111,16 @@ def connect_remote(gui, backend: Backend, token: str = "t0ken") -> None:
     gui.ui.remoteUrlLineEdit.text = backend.server.url
     gui.ui.remoteTokenLineEdit.text = token
     gui.ui.connectButton.click()
+    finish(gui)
+
+
+def finish(gui, timeout_s: float = 30.0) -> None:
+    """Let the widget's background tasks end, firing its task timer as Qt would."""
+    deadline = time.monotonic() + timeout_s
+    while gui.widget.tasks.busy():
+        assert time.monotonic() < deadline, f"background tasks still running: {[t.name for t in gui.widget.tasks.tasks]}"
+        time.sleep(0.01)
+        gui.widget.taskTimer.fire()
 
 
 def poll_timer(gui) -> doubles.QTimer:
@@ -121,8 +138,8 @@ def test_setup_binds_the_parameter_node_and_wires_every_button(gui) -> None:
     params.strategy = "ewc"
     assert ui.strategyComboBox.currentText == "ewc"
     buttons = [w for w in vars(ui).values() if type(w) is doubles.QPushButton]
-    assert len(buttons) == 14
-    unwired = [b.name for b in buttons if not b.connections("clicked(bool)")]
+    assert len(buttons) == 15
+    unwired = [b.name for b in buttons if not b.connections("clicked(bool)") and not b.connections("toggled(bool)")]
     assert unwired == []
     # nothing but the backend section works before a connection
     assert ui.connectButton.enabled and not ui.adaptCollapsibleButton.enabled and not ui.auditCollapsibleButton.enabled
@@ -178,6 +195,7 @@ def test_unreachable_backend_gives_a_dialog_not_a_traceback(gui, backend) -> Non
     gui.ui.backendModeComboBox.currentIndex = 1
     gui.ui.remoteUrlLineEdit.text = url
     gui.ui.connectButton.click()
+    finish(gui)
     assert len(gui.env.dialogs.errors) == 1 and f"No DAKR backend answered at {url}" in gui.env.dialogs.errors[0]
     assert gui.env.unhandled == []
 
@@ -192,6 +210,7 @@ def test_adapt_flow_is_driven_by_the_timer(gui, backend) -> None:
     ui.lambdaCnaSpinBox.value = 2.0
 
     ui.adaptButton.click()
+    finish(gui)
 
     body = json.loads(backend.requests("POST", "/jobs")[0].body)
     assert body == {"kind": "adapt", "site": "B", "strategy": "replay",
@@ -203,12 +222,14 @@ def test_adapt_flow_is_driven_by_the_timer(gui, backend) -> None:
     assert gui.widget._parameterNode.jobId == "j1"
 
     timer.fire()
+    finish(gui)
     assert ui.jobProgressBar.value == 25 and ui.jobProgressBar.maximum == 100
     assert ui.jobStatusLabel.text == "train · epoch 1/2 · step 5/20 · seg 0.700 · ETA 0:30"
     assert "train · epoch 1/2 · step 5/20" in ui.jobLogTextEdit.toPlainText()
     assert timer.isActive()
 
     timer.fire()
+    finish(gui)
     assert not timer.isActive()
     assert ui.jobStatusLabel.text == "Finished: version 2 is active."
     assert "evaluate · step 2/2 · audit cases" in ui.jobLogTextEdit.toPlainText()
@@ -229,17 +250,22 @@ def test_cancel_then_resume(gui, backend) -> None:
     backend.job_states = ["running", "cancelled", "running"]
     connect_remote(gui, backend)
     gui.ui.adaptButton.click()
+    finish(gui)
     timer = poll_timer(gui)
     timer.fire()
+    finish(gui)
 
     gui.ui.cancelButton.click()
+    finish(gui)
     assert len(backend.requests("POST", "/jobs/j1/cancel")) == 1
     timer.fire()
+    finish(gui)
     assert not timer.isActive()
     assert gui.ui.resumeButton.enabled and gui.ui.adaptButton.enabled
     assert gui.ui.jobStatusLabel.text.startswith("Cancelled.")
 
     gui.ui.resumeButton.click()
+    finish(gui)
     assert len(backend.requests("POST", "/jobs/j1/resume")) == 1
     assert timer.isActive() and not gui.ui.resumeButton.enabled
 
@@ -249,7 +275,9 @@ def test_failed_job_shows_the_error_and_the_log(gui, backend) -> None:
     backend.job_error = "RuntimeError: CUDA out of memory"
     connect_remote(gui, backend)
     gui.ui.adaptButton.click()
+    finish(gui)
     poll_timer(gui).fire()
+    finish(gui)
 
     assert gui.env.dialogs.errors == ["Adapting failed.\n\nRuntimeError: CUDA out of memory"]
     assert "Traceback (most recent call last):" in gui.ui.jobLogTextEdit.toPlainText()
@@ -260,6 +288,7 @@ def test_conflict_shows_a_dialog_and_follows_the_running_job(gui, backend) -> No
     backend.server.routes[("POST", "/api/v1/jobs")] = (409, {"detail": "a training job is running: j1", "job_id": "j1"})
     connect_remote(gui, backend)
     gui.ui.adaptButton.click()
+    finish(gui)
     assert len(gui.env.dialogs.errors) == 1 and "follows the running job j1" in gui.env.dialogs.errors[0]
     assert poll_timer(gui).isActive() and gui.widget.logic.monitor.job_id == "j1"
 
@@ -284,9 +313,11 @@ def test_rollback_activates_the_selected_version_after_confirmation(gui, backend
     gui.ui.versionsTableWidget.selectRow(0)
     gui.env.dialogs.confirm_answer = False
     gui.ui.rollbackButton.click()
+    finish(gui)
     assert backend.requests("POST", "/models/1/activate") == []
     gui.env.dialogs.confirm_answer = True
     gui.ui.rollbackButton.click()
+    finish(gui)
     assert len(backend.requests("POST", "/models/1/activate")) == 1
     assert "Make v1 the active model?" in gui.env.dialogs.confirmations[-1]
 
@@ -303,8 +334,10 @@ def test_scene_cases_are_paired_and_a_rejected_site_names_case_and_fix(gui, back
     ui.siteNameLineEdit.text = "C"
     assert not ui.registerSiteButton.enabled
     ui.findCasesButton.click()
+    finish(gui)
     assert ui.casesTableWidget.rowCount() == 2 and ui.casesTableWidget.item(1, 0).text() == "case_2"
     ui.registerSiteButton.click()
+    finish(gui)
 
     assert len(gui.env.dialogs.errors) == 1
     message = gui.env.dialogs.errors[0]
@@ -321,14 +354,18 @@ def test_manual_case_pairs_can_be_added_and_removed(gui, backend) -> None:
     volume, segmentation = add_phantom_case(gui.scene, "manual", seed=1)
     ui = gui.ui
     ui.addCaseButton.click()
+    finish(gui)
     assert gui.env.dialogs.errors and "Choose an image volume" in gui.env.dialogs.errors[-1]
     ui.caseVolumeSelector.setCurrentNode(volume)
     ui.caseLabelsSelector.setCurrentNode(segmentation)
     ui.addCaseButton.click()
+    finish(gui)
     ui.addCaseButton.click()
+    finish(gui)
     assert [ui.casesTableWidget.item(r, 0).text() for r in range(2)] == ["manual", "manual_2"]
     ui.casesTableWidget.selectRow(0)
     ui.removeCaseButton.click()
+    finish(gui)
     assert ui.casesTableWidget.rowCount() == 1 and gui.widget.scenePairs[0].case_id == "manual_2"
 
 
@@ -340,7 +377,15 @@ def _nifti(array: np.ndarray, path: Path) -> bytes:
     return path.read_bytes()
 
 
-def test_audit_loads_before_and_after_and_steps_through_cases(gui, backend, tmp_path: Path) -> None:
+AUDIT_DICE_A = [
+    {"case_id": "c1", "before": {"shell": 0.95, "core": 0.9}, "after": {"shell": 0.94, "core": 0.92}},
+    {"case_id": "c2", "before": {"shell": 0.9, "core": 0.8}, "after": {"shell": 0.7, "core": 0.78}},
+    {"case_id": "c3", "before": {"shell": 0.9, "core": 0.8}, "after": None},
+]
+
+
+def audit_backend(backend: Backend, tmp_path: Path) -> dict:
+    """Site A with audit cases c1, c2 (files) and c3 (not evaluated by v2); v1 → v2."""
     from DAKRSegmentationLib.testing import phantom_arrays
 
     files = {}
@@ -351,109 +396,356 @@ def test_audit_loads_before_and_after_and_steps_through_cases(gui, backend, tmp_
         files[case] = {key: _nifti(array, tmp_path / f"{case}-{key}.nii.gz")
                        for key, array in (("image", image), ("label", labels), ("1", labels), ("2", after))}
     routes = backend.server.routes
-    routes[("GET", "/api/v1/sites/A/cases")] = (200, [{"case_id": "c2", "split": "audit"}, {"case_id": "t1", "split": "train"},
-                                                      {"case_id": "c1", "split": "audit"}])
+    routes[("GET", "/api/v1/sites/A/audit-dice")] = (200, AUDIT_DICE_A)
     for case in files:
         routes[("GET", f"/api/v1/sites/A/cases/{case}/image")] = (200, files[case]["image"])
         routes[("GET", f"/api/v1/sites/A/cases/{case}/label")] = (200, files[case]["label"])
         routes[("GET", f"/api/v1/sites/A/cases/{case}/prediction")] = lambda r, case=case: (200, files[case][r.query["version"][0]])
         routes[("GET", f"/api/v1/sites/A/cases/{case}/dice")] = (200, {"before": 0.91, "after": 0.87})
     backend.models = list(MODELS_V2)
-    connect_remote(gui, backend)
-    ui = gui.ui
+    return files
 
-    assert ui.auditSiteComboBox.currentText == "A" and ui.auditCaseComboBox._items == ["c1", "c2"]
-    assert not ui.previousCaseButton.enabled and ui.nextCaseButton.enabled
-    ui.loadCaseButton.click()
+
+def table_rows(table) -> list[list[str]]:
+    return [[table.item(row, column).text() for column in range(table.columnCount())] for row in range(table.rowCount())]
+
+
+def test_audit_table_lists_cases_regressions_first_and_sortable(gui, backend, tmp_path: Path) -> None:
+    audit_backend(backend, tmp_path)
+    connect_remote(gui, backend)
+    table = gui.ui.auditCasesTableWidget
+    assert gui.env.dialogs.errors == []
+    assert backend.requests("GET", "/sites/A/audit-dice")[-1].query == {"before": ["1"], "after": ["2"]}
+    assert table_rows(table) == [["c2", "0.85", "0.74", "-0.11", "shell -0.200"],
+                                 ["c1", "0.925", "0.93", "0.005", "shell -0.010"],
+                                 ["c3", "0.85", "n/a", "n/a", "n/a"]]
+    assert table.sortingEnabled and table.item(0, 3).data(0) == pytest.approx(-0.11)
+    assert "shell 0.900 → 0.700 (-0.200) · core 0.800 → 0.780 (-0.020)" == table.item(0, 0).tooltip
+    assert table.horizontalHeader().resize_mode == doubles.QHeaderView.Stretch
+    assert table.horizontalScrollBarPolicy is not None and gui.ui.resultsTableView.horizontalHeader().resize_mode == doubles.QHeaderView.Stretch
+
+
+def test_clicking_a_row_loads_lost_and_gained_overlays_in_the_audit_layout(gui, backend, tmp_path: Path) -> None:
+    audit_backend(backend, tmp_path)
+    connect_remote(gui, backend)
+    ui, scene = gui.ui, gui.scene
+    ui.auditCasesTableWidget.clickRow(1)
+    finish(gui)
 
     assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
-    names = {gui.scene.GetNthNodeByClass(i, "vtkMRMLSegmentationNode").GetName()
-             for i in range(gui.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))}
-    assert names == {"A c1 ground truth", "A c1 before (v1)", "A c1 after (v2)", "A c1 changed v1-v2"}
-    changed = int((phantom_arrays(1)[1][6, 12:16, 12:16] != 0).sum())
-    assert ui.auditDiceLabel.text == f"A / c1: Dice v1 0.910 → v2 0.870 · {changed} voxels changed"
-    layout = gui.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
-    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
-    assert gui.env.app.layoutManager().slice_view_resets == 1
-
-    ui.showChangesCheckBox.click()
+    assert gui.env.progress_dialogs[-1].labelText == "Loading A / c1 (v1 and v2) ..."
+    names = {node.GetName() for node in mrmlio.nodes_of_class(scene, "vtkMRMLSegmentationNode")}
+    assert names == {"A c1 ground truth", "A c1 before (v1)", "A c1 after (v2)", "A c1 lost/gained v1-v2"}
     case = gui.widget.logic.session.audit_case
-    assert not case.changes.GetDisplayNode().GetVisibility() and case.ground_truth.GetDisplayNode().GetVisibility()
+    lost = int((phantom_labels(1)[6, 12:16, 12:16] != 0).sum())
+    assert (case.lost_voxels, case.gained_voxels) == (lost, 0)
+    assert ui.auditDiceLabel.text == (f"A / c1: Dice v1 0.910 → v2 0.870 · {lost} voxels lost, 0 gained\n"
+                                      "shell 0.950 → 0.940 (-0.010) · core 0.900 → 0.920 (+0.020)")
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView
+    views = {name: view_id(scene, name) for name in ("Red", "Yellow", "Green", "1")}
+    shown_in = lambda node: set(node.GetDisplayNode().GetViewNodeIDs())  # noqa: E731
+    assert shown_in(case.before) == {views["Red"]}
+    assert shown_in(case.after) == {views["Yellow"], views["Green"], views["1"]}
+    assert shown_in(case.regressions) == set(views.values())
+    assert case.after.GetSegmentation().ContainsRepresentation("Closed surface"), "after is shown in 3D"
 
-    ui.nextCaseButton.click()
-    assert ui.auditCaseComboBox.currentText == "c2" and ui.previousCaseButton.enabled and not ui.nextCaseButton.enabled
-    assert gui.scene.GetFirstNodeByName("A c1 before (v1)") is None, "the previous case's nodes must be removed"
-    assert gui.scene.GetFirstNodeByName("A c2 after (v2)") is not None
-    assert not gui.widget.logic.session.audit_case.changes.GetDisplayNode().GetVisibility()
+    ui.showLostCheckBox.click()
+    display = case.regressions.GetDisplayNode()
+    lost_id = case.regressions.GetSegmentation().GetSegmentIdBySegmentName("lost")
+    gained_id = case.regressions.GetSegmentation().GetSegmentIdBySegmentName("gained")
+    assert not display.GetSegmentVisibility(lost_id) and display.GetSegmentVisibility(gained_id)
+    ui.auditOpacitySlider.value = 25
+    assert case.after.GetDisplayNode().GetOpacity() == pytest.approx(0.25)
+
+    gui.widget.enter()
+    (shortcut,) = gui.env.shortcuts
+    assert shortcut.key == "F"
+    shortcut.activate()
+    assert ui.flickerButton.checked
+    assert shown_in(case.before) == {views["Yellow"], views["Green"], views["1"]} and shown_in(case.after) == {views["Red"]}
+    shortcut.activate()
+    assert shown_in(case.before) == {views["Red"]}
+    gui.widget.exit()
+    shortcut.activate()
+    assert not ui.flickerButton.checked, "the key does nothing once the module is left"
+
     ui.previousCaseButton.click()
-    assert ui.auditCaseComboBox.currentText == "c1"
+    finish(gui)
+    assert gui.widget.logic.session.audit_case.case_id == "c2"
+    assert scene.GetFirstNodeByName("A c1 before (v1)") is None, "the previous case's nodes must be removed"
+    assert not ui.previousCaseButton.enabled and ui.nextCaseButton.enabled
+    regressions = gui.widget.logic.session.audit_case.regressions
+    assert not regressions.GetDisplayNode().GetSegmentVisibility(
+        regressions.GetSegmentation().GetSegmentIdBySegmentName("lost")), "the lost toggle holds for the next case"
 
 
-def test_local_backend_dependencies_come_from_pytorch_extension_and_pip(gui, monkeypatch) -> None:
-    calls = []
+def test_a_cancelled_audit_load_leaves_the_scene_alone(gui, backend, tmp_path: Path) -> None:
+    audit_backend(backend, tmp_path)
+    connect_remote(gui, backend)
+    backend.server.delay_s = 0.5
+    gui.ui.auditCasesTableWidget.clickRow(0)
+    gui.env.progress_dialogs[-1].cancel()
+    finish(gui)
+    assert gui.env.dialogs.errors == [] and gui.widget.logic.session.audit_case is None
+    assert mrmlio.nodes_of_class(gui.scene, "vtkMRMLSegmentationNode") == []
+    assert gui.ui.jobStatusLabel.text.endswith("cancelled.")
 
-    class PyTorchUtilsLogic:
-        def torchInstalled(self) -> bool:
-            return False
 
-        def installTorch(self, askConfirmation: bool = False, torchVersionRequirement: str | None = None, **kwargs):
-            calls.append((askConfirmation, torchVersionRequirement))
-            return types.SimpleNamespace(__version__="2.13.0")
+def test_segment_colours_come_from_the_terminologies(gui, backend, tmp_path: Path, monkeypatch) -> None:
+    terminology = tmp_path / "terms.json"
+    terminology.write_text(json.dumps({
+        "SegmentationCategoryTypeContextName": "DAKR test terminology",
+        "@schema": "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segment-context-schema.json#",
+        "SegmentationCodes": {"Category": [{
+            "CodeMeaning": "Anatomical Structure", "CodingSchemeDesignator": "SCT", "CodeValue": "123037004",
+            "Type": [{"CodeMeaning": "Core", "CodingSchemeDesignator": "SCT", "CodeValue": "1",
+                      "recommendedDisplayRGBValue": [255, 0, 51]}]}]}}))
+    terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
+    assert terminologies.LoadTerminologyFromFile(str(terminology)) == "DAKR test terminology"
+    monkeypatch.setattr(slicer.modules, "terminologies", types.SimpleNamespace(logic=lambda: terminologies), raising=False)
+    audit_backend(backend, tmp_path)
+    connect_remote(gui, backend)
+    gui.ui.auditCasesTableWidget.clickRow(0)
+    finish(gui)
+    case = gui.widget.logic.session.audit_case
+    segments = case.after.GetSegmentation()
+    core = segments.GetSegment(segments.GetSegmentIdBySegmentName("core"))
+    shell = segments.GetSegment(segments.GetSegmentIdBySegmentName("shell"))
+    assert core.GetColor() == pytest.approx((1.0, 0.0, 0.2))
+    from DAKRSegmentationLib.mrmlio import label_color
+    assert shell.GetColor() == pytest.approx(label_color(1)), "no terminology match: the module's own colour"
 
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
-    monkeypatch.setattr(gui.module, "missing_requirements", lambda requirements: ["nilearn==0.14.1"])
 
-    gui.widget.logic.ensureBackendDependencies()
+def test_a_finished_job_is_notified(gui, backend) -> None:
+    connect_remote(gui, backend)
+    gui.env.main_window.active = False
+    gui.ui.adaptButton.click()
+    finish(gui)
+    for _ in range(2):
+        poll_timer(gui).fire()
+        finish(gui)
+    assert gui.env.main_window.statusBar().messages[-1] == "DAKR job j1: Finished: version 2 is active."
+    assert gui.env.tray_messages == ["DAKR job j1: Finished: version 2 is active."]
 
-    assert calls == [(True, ">=2.13.0")]
-    assert "nilearn==0.14.1" in gui.env.dialogs.confirmations[-1]
-    (arguments,) = gui.env.dialogs.pip_installs
-    assert arguments[0] == "-c" and arguments[2:] == ["nilearn==0.14.1"]
-    pins = Path(arguments[1]).read_text().split()
-    assert {pin.split("==")[0] for pin in pins} == {"numpy", "simpleitk", "torch"}
-    assert f"numpy=={np.__version__}" in pins
+
+def view_id(scene, layout_name: str) -> str:
+    for class_name in ("vtkMRMLSliceNode", "vtkMRMLViewNode"):
+        for node in mrmlio.nodes_of_class(scene, class_name):
+            if node.GetLayoutName() == layout_name:
+                return node.GetID()
+    raise KeyError(layout_name)
+
+
+def phantom_labels(seed: int):
+    from DAKRSegmentationLib.testing import phantom_arrays
+
+    return phantom_arrays(seed)[1]
+
+
+class PyTorchUtilsLogic:
+    """The PyTorch extension's logic as the module uses it; records its install calls."""
+
+    def __init__(self, installed: bool) -> None:
+        self.installed = installed
+        self.calls: list[tuple[bool, str | None]] = []
+
+    def torchInstalled(self) -> bool:
+        return self.installed
+
+    def installTorch(self, askConfirmation: bool = False, torchVersionRequirement: str | None = None, **kwargs):
+        self.calls.append((askConfirmation, torchVersionRequirement))
+        return types.SimpleNamespace(__version__="2.13.0")
+
+
+def use_pytorch_extension(monkeypatch, logic: PyTorchUtilsLogic) -> None:
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=lambda: logic))
+
+
+def test_torch_comes_from_the_pytorch_extension_and_an_older_one_is_offered_an_upgrade(gui, monkeypatch) -> None:
+    torch_logic = PyTorchUtilsLogic(installed=False)
+    use_pytorch_extension(monkeypatch, torch_logic)
+    gui.widget.logic.ensureTorch()
+    assert torch_logic.calls == [(True, "<3,>=2.13")]
+
+    torch_logic.installed, torch_logic.calls = True, []
+    monkeypatch.setattr(gui.widget.logic, "installedTorchVersion", lambda: "2.13.0+cu128")
+    gui.widget.logic.ensureTorch()
+    assert torch_logic.calls == []
+
+    monkeypatch.setattr(gui.widget.logic, "installedTorchVersion", lambda: "2.4.1+cu121")
+    gui.env.dialogs.confirm_answer = False
+    with pytest.raises(RuntimeError, match=r"PyTorch 2.4.1\+cu121 is too old for the DAKR backend"):
+        gui.widget.logic.ensureTorch()
+    assert "older than the DAKR backend was tested with" in gui.env.dialogs.confirmations[-1] and torch_logic.calls == []
+    gui.env.dialogs.confirm_answer = True
+    gui.widget.logic.ensureTorch()
+    assert torch_logic.calls == [(False, "<3,>=2.13")]
+
+
+FAKE_PIP = """#!/bin/sh
+# A Python whose pip lists two packages and, for install, records its arguments and prints progress.
+if [ "$5" = "list" ]; then echo '[{{"name": "numpy", "version": "2.3.4"}}, {{"name": "SimpleITK", "version": "2.5.3"}}]'; exit 0; fi
+echo "$@" > "{calls}"
+echo "Collecting monai"
+sleep {pause}
+echo "Successfully installed monai-1.6.1"
+"""
+
+
+def fake_pip_python(folder: Path, pause: float = 0.0) -> Path:
+    python = folder / "python-with-pip"
+    python.write_text(FAKE_PIP.format(calls=folder / "pip-calls.txt", pause=pause))
+    python.chmod(0o755)
+    return python
+
+
+def test_an_install_plan_that_changes_installed_packages_is_refused(gui) -> None:
+    from DAKRSegmentationLib.install_plan import InstallPlan, PlannedPackage
+
+    plan = InstallPlan([PlannedPackage("monai", "1.6.1", None), PlannedPackage("scipy", "1.17.1", "1.16.3")])
+    with pytest.raises(RuntimeError, match="scipy 1.16.3 → 1.17.1"):
+        gui.widget.logic.confirmBackendInstall(plan)
+    assert gui.env.dialogs.confirmations == []
+
+
+def test_an_install_plan_that_only_adds_packages_is_confirmed_then_installed_on_a_worker_with_everything_pinned(
+        gui, torch_ready, monkeypatch, tmp_path: Path) -> None:
+    from DAKRSegmentationLib.install_plan import InstallPlan, PlannedPackage
+
+    plan = InstallPlan([PlannedPackage("monai", "1.6.1", None), PlannedPackage("numpy", "2.3.4", "2.3.4")])
+    monkeypatch.setattr(gui.widget.logic, "planBackendInstall", lambda: plan)
+    started = []
+    monkeypatch.setattr(gui.widget, "startLocalServer", lambda: started.append(True))
+    gui.widget.logic.backendPython = str(fake_pip_python(tmp_path, pause=0.5))
+    gui.ui.connectButton.click()
+    finish(gui)
+
+    assert "monai 1.6.1" in gui.env.dialogs.confirmations[-1] and "numpy" not in gui.env.dialogs.confirmations[-1]
+    assert gui.env.dialogs.errors == [] and started == [True]
+    assert gui.env.progress_dialogs[-1].labelText == "Installing: Successfully installed monai-1.6.1"
+    arguments = (tmp_path / "pip-calls.txt").read_text().split()
+    assert arguments[:7] == ["-m", "pip", "--disable-pip-version-check", "--no-input", "install", "-c", arguments[6]]
+    assert any(argument.startswith("monai<2,>=") for argument in arguments[7:])
+    assert not any(argument.startswith("torch") for argument in arguments[7:])
+    assert Path(arguments[6]).read_text().split() == ["numpy==2.3.4", "simpleitk==2.5.3"]
 
     gui.env.dialogs.confirm_answer = False
-    with pytest.raises(RuntimeError, match="Required Python packages are missing"):
-        gui.widget.logic.ensureBackendDependencies()
+    gui.ui.connectButton.click()
+    finish(gui)
+    assert "Required Python packages are missing" in gui.env.dialogs.errors[-1] and started == [True]
+
+
+def test_an_install_can_be_cancelled(gui, tmp_path: Path) -> None:
+    from DAKRSegmentationLib.install_plan import install
+
+    python = fake_pip_python(tmp_path, pause=5)
+    lines: list[str] = []
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="was cancelled"):
+        install(str(python), ["monai"], tmp_path / "c.txt", lines.append, lambda: bool(lines))
+    assert lines == ["Collecting monai"] and time.monotonic() - start < 4
 
 
 def test_missing_pytorch_extension_is_explained(gui, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
     gui.ui.connectButton.click()
+    finish(gui)
     assert len(gui.env.dialogs.errors) == 1 and "install 'PyTorch' from the Extensions Manager" in gui.env.dialogs.errors[0]
     assert gui.env.unhandled == [] and not poll_timer(gui).isActive()
 
 
 @pytest.fixture
-def torch_ready(monkeypatch):
-    torch_utils = types.SimpleNamespace(torchInstalled=lambda: True)
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=lambda: torch_utils))
+def torch_ready(monkeypatch, gui):
+    """Torch installed at the tested version and nothing left to install."""
+    from DAKRSegmentationLib.install_plan import InstallPlan
+
+    use_pytorch_extension(monkeypatch, PyTorchUtilsLogic(installed=True))
+    monkeypatch.setattr(gui.widget.logic, "installedTorchVersion", lambda: "2.13.0")
+    monkeypatch.setattr(gui.widget.logic, "planBackendInstall", lambda: InstallPlan([]))
 
 
-def test_local_backend_is_started_and_connected_from_the_timer(gui, torch_ready, tmp_path: Path) -> None:
+def start_local(gui, tmp_path: Path, serve: str | None = None) -> None:
     from stand_in_python import info_server_command, stand_in_python
 
-    gui.widget.logic.backendPython = str(stand_in_python(tmp_path, serve=info_server_command(tmp_path)))
+    gui.widget.logic.backendPython = str(stand_in_python(tmp_path, serve=serve or info_server_command(tmp_path)))
     gui.ui.storePathLineEdit.currentPath = str(tmp_path / "store")
     gui.ui.connectButton.click()
 
-    timer = poll_timer(gui)
+
+def test_local_backend_is_started_on_a_worker_and_stopped_on_disconnect(gui, torch_ready, tmp_path: Path) -> None:
+    start_local(gui, tmp_path)
+    assert not gui.ui.connectButton.enabled and gui.widget.tasks.busy("connect")
+    finish(gui)
+
     backend = gui.widget.logic.localBackend
-    assert timer.isActive() and not gui.ui.connectButton.enabled
-    assert gui.ui.backendStatusLabel.text == f"Starting the local backend on {backend.url} ..."
-    assert (tmp_path / "calls.txt").read_text().splitlines()[0] == f"-m dakr init {tmp_path / 'store'}"
-    deadline = time.monotonic() + 30
-    while timer.isActive() and time.monotonic() < deadline:
-        timer.fire()
-        time.sleep(0.1)
     assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert calls[0] == f"-m dakr init {tmp_path / 'store'}" and f"--parent-pid {os.getpid()}" in calls[2]
     assert gui.ui.backendStatusLabel.text == f"Connected to {backend.url} · API 1.0 · device cpu (CPU)"
-    assert gui.ui.adaptCollapsibleButton.enabled and not timer.isActive()
+    assert gui.ui.adaptCollapsibleButton.enabled
+    assert [dialog.labelText for dialog in gui.env.progress_dialogs] == [
+        "Checking the backend's Python requirements (pip dry run) ...", "Starting the local backend ..."]
+    assert not any(dialog.visible for dialog in gui.env.progress_dialogs)
+    lock = json.loads((tmp_path / "store" / ".dakr-slicer-server.json").read_text())
+    assert lock == {"url": backend.url, "token": backend.token, "pid": backend.process.pid}
+    assert stat.S_IMODE((tmp_path / "store" / ".dakr-slicer-server.json").stat().st_mode) == 0o600
 
     gui.ui.disconnectButton.click()
+    assert gui.widget.logic.session is None and gui.widget.tasks.busy("disconnect")
+    finish(gui)
+    assert not backend.running() and gui.ui.backendStatusLabel.text == "Not connected." and gui.ui.connectButton.enabled
+    assert not (tmp_path / "store" / ".dakr-slicer-server.json").exists()
+
+
+def test_a_second_slicer_reuses_the_running_server_of_the_store(gui, torch_ready, tmp_path: Path) -> None:
+    from DAKRSegmentationLib.server_lock import ServerLock, write_lock
+
+    other = Backend()
+    try:
+        write_lock(tmp_path / "store", ServerLock(other.server.url, "t0ken", os.getpid()))
+        start_local(gui, tmp_path)
+        finish(gui)
+        assert gui.env.dialogs.errors == []
+        assert gui.ui.backendStatusLabel.text.endswith("· server shared with another Slicer")
+        assert gui.widget.logic.session.client.base_url == other.server.url
+        assert gui.widget.logic.localBackend is None, "a reused server belongs to the module that started it"
+        assert not (tmp_path / "calls.txt").exists(), "no second server was started"
+        assert other.requests("GET", "/info")[0].headers["Authorization"] == "Bearer t0ken"
+    finally:
+        other.server.close()
+
+
+def test_a_stale_lock_is_ignored(tmp_path: Path) -> None:
+    from DAKRSegmentationLib.server_lock import ServerLock, running_server, write_lock
+
+    assert running_server(tmp_path) is None
+    write_lock(tmp_path, ServerLock("http://127.0.0.1:9", "x", os.getpid()))
+    assert running_server(tmp_path) is None, "nothing answers there"
+    (tmp_path / ".dakr-slicer-server.json").write_text("{not json")
+    assert running_server(tmp_path) is None
+
+
+def test_disconnect_asks_before_stopping_a_running_job_and_the_server_log_is_streamed(gui, torch_ready, tmp_path: Path) -> None:
+    start_local(gui, tmp_path)
+    finish(gui)
+    backend = gui.widget.logic.localBackend
+    with backend.log_file.open("a") as log:
+        log.write("INFO: Application startup complete.\n")
+    gui.widget.logic.followJob("j1")
+    gui.widget.pollTimer.start()
+    gui.widget.runInBackground("probe", lambda control: None, lambda _: None, "probe")
+    finish(gui)
+    assert "[server] INFO: Application startup complete." in gui.ui.jobLogTextEdit.toPlainText()
+
+    gui.env.dialogs.confirm_answer = False
+    gui.ui.disconnectButton.click()
+    assert "Resume continues it from its last checkpoint" in gui.env.dialogs.confirmations[-1]
+    assert backend.running() and gui.widget.logic.session is not None
+    gui.env.dialogs.confirm_answer = True
+    gui.ui.disconnectButton.click()
+    finish(gui)
     assert not backend.running() and gui.widget.logic.session is None
-    assert gui.ui.backendStatusLabel.text == "Not connected." and gui.ui.connectButton.enabled
 
 
 def test_a_local_backend_that_exits_is_reported(gui, torch_ready, tmp_path: Path) -> None:
@@ -462,13 +754,9 @@ def test_a_local_backend_that_exits_is_reported(gui, torch_ready, tmp_path: Path
     gui.widget.logic.backendPython = str(stand_in_python(tmp_path))
     gui.ui.storePathLineEdit.currentPath = str(tmp_path / "store")
     gui.ui.connectButton.click()
-    timer = poll_timer(gui)
-    deadline = time.monotonic() + 10
-    while timer.isActive() and time.monotonic() < deadline:
-        timer.fire()
-        time.sleep(0.05)
+    finish(gui)
     assert len(gui.env.dialogs.errors) == 1
-    assert "The local backend did not start." in gui.env.dialogs.errors[0]
+    assert "Cannot connect to the DAKR backend." in gui.env.dialogs.errors[0]
     assert "exit code 3" in gui.env.dialogs.errors[0] and "dakr serve: port in use" in gui.env.dialogs.errors[0]
     assert gui.widget.logic.localBackend is None and gui.ui.connectButton.enabled
 
@@ -482,6 +770,131 @@ def test_site_from_a_folder_is_registered_and_selected_for_adapting(gui, backend
     ui.siteNameLineEdit.text = "B"
     assert ui.registerSiteButton.enabled
     ui.registerSiteButton.click()
+    finish(gui)
     assert json.loads(backend.requests("POST", "/sites/from-path")[0].body) == {"name": "B", "path": str(tmp_path.resolve())}
     assert ui.jobStatusLabel.text == "Site B registered: 3 training and 1 audit cases. Ready to adapt."
     assert ui.adaptSiteComboBox.currentText == "B" and gui.env.dialogs.errors == []
+
+
+#: The longest a widget call may take on the GUI thread while every backend answer takes SLOW_S.
+GUI_BOUND_S = 0.25
+SLOW_S = 1.0
+
+
+def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) -> None:
+    from DAKRSegmentationLib.testing import add_phantom_case, phantom_arrays
+
+    durations: dict[str, float] = {}
+
+    def timed(label: str, action) -> None:
+        start = time.monotonic()
+        action()
+        durations[label] = time.monotonic() - start
+        finish(gui)
+
+    files = {key: _nifti(array, tmp_path / f"{key}.nii.gz") for key, array in
+             zip(("image", "label"), phantom_arrays(1))}
+    routes = backend.server.routes
+    routes[("GET", "/api/v1/sites/A/cases")] = (200, [{"case_id": "a2", "split": "audit"}])
+    routes[("GET", "/api/v1/sites/A/cases/a2/image")] = (200, files["image"])
+    for kind in ("label", "prediction"):
+        routes[("GET", f"/api/v1/sites/A/cases/a2/{kind}")] = (200, files["label"])
+    routes[("GET", "/api/v1/sites/A/cases/a2/dice")] = (200, {"before": 0.9, "after": 0.9})
+    routes[("POST", "/api/v1/sites")] = (201, {**SITES[1], "name": "C"})
+    backend.models = list(MODELS_V2)
+    backend.server.delay_s = SLOW_S
+    ui = gui.ui
+    ui.backendModeComboBox.currentIndex = 1
+    ui.remoteUrlLineEdit.text = backend.server.url
+    timed("connect", ui.connectButton.click)
+    assert gui.widget.logic.session is not None and ui.auditCasesTableWidget.rowCount() == 1
+    ui.auditCasesTableWidget.selectRow(0)
+    timed("load case", ui.loadCaseButton.click)
+    assert gui.widget.logic.session.audit_case is not None, (gui.env.dialogs.errors, ui.loadCaseButton.enabled)
+    timed("show results", ui.showResultsButton.click)
+    for index in (1, 2):
+        add_phantom_case(gui.scene, f"case {index}", seed=index)
+    ui.findCasesButton.click()
+    ui.siteNameLineEdit.text = "C"
+    timed("register site", ui.registerSiteButton.click)
+    assert ui.jobStatusLabel.text.startswith("Site C registered")
+    timed("adapt", ui.adaptButton.click)
+    timed("poll", poll_timer(gui).fire)
+    timed("cancel", ui.cancelButton.click)
+    gui.widget.pollTimer.stop()
+    ui.versionsTableWidget.selectRow(0)
+    timed("rollback", ui.rollbackButton.click)
+    timed("disconnect", ui.disconnectButton.click)
+
+    assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
+    slow = {label: round(seconds, 3) for label, seconds in durations.items() if seconds > GUI_BOUND_S}
+    assert slow == {}, f"GUI-thread calls slower than {GUI_BOUND_S} s while the backend takes {SLOW_S} s: {slow}"
+    assert len(durations) == 9
+
+
+def test_a_timeout_names_the_slow_prediction(monkeypatch, tmp_path: Path) -> None:
+    from DAKRSegmentationLib import client as client_module
+
+    monkeypatch.setattr(client_module, "PREDICTION_TIMEOUT_S", 0.2)
+    server = FakeBackend({("GET", "/api/v1/sites/A/cases/c1/prediction"): (200, b"x")})
+    server.delay_s = 1.0
+    try:
+        client = client_module.BackendClient(server.url, timeout_s=0.2)
+        with pytest.raises(client_module.BackendTimeoutError, match=r"did not answer GET .*prediction within 0.2 s \(it "
+                                                                    r"computes the prediction of v3 for c1 on request"):
+            client.download_case_file("A", "c1", "prediction", tmp_path / "p.nii.gz", 3)
+    finally:
+        server.close()
+
+
+def test_the_self_test_runs_only_its_light_part_unless_asked(monkeypatch, scene, tmp_path: Path) -> None:
+    env = doubles.install(monkeypatch, scene, tmp_path / "slicer-temp")
+    monkeypatch.delenv("DAKR_HEAVY_SELF_TEST", raising=False)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
+    monkeypatch.delitem(sys.modules, "DAKRSegmentation", raising=False)
+    module = importlib.import_module("DAKRSegmentation")
+    ran = []
+    monkeypatch.setattr(module.DAKRSegmentationTest, "test_EndToEnd", lambda self: ran.append("heavy"))
+
+    module.DAKRSegmentationTest().runTest()
+    assert ran == [] and env.dialogs.confirmations == [] and env.unhandled == []
+    assert scene.GetFirstNodeByName("light segmentation") is not None, "the light part ran"
+
+    monkeypatch.setenv("DAKR_HEAVY_SELF_TEST", "1")
+    module.DAKRSegmentationTest().runTest()
+    assert ran == ["heavy"]
+    monkeypatch.delitem(sys.modules, "DAKRSegmentation", raising=False)
+
+
+def test_reload_with_a_running_job_asks_and_can_keep_the_server_for_the_next_connect(gui, torch_ready, tmp_path: Path) -> None:
+    start_local(gui, tmp_path)
+    finish(gui)
+    backend = gui.widget.logic.localBackend
+    gui.widget.logic.followJob("j1")
+    gui.env.dialogs.confirm_answer = False
+    gui.widget.cleanup()
+    assert "Cancel: keep the backend and the job running" in gui.env.dialogs.confirmations[-1]
+    assert backend.running() and (tmp_path / "store" / ".dakr-slicer-server.json").exists()
+
+    reloaded = gui.module.DAKRSegmentationWidget()
+    reloaded.setup()
+    reloaded.logic.backendPython = gui.widget.logic.backendPython
+    reloaded.logic.installedTorchVersion = gui.widget.logic.installedTorchVersion
+    reloaded.logic.planBackendInstall = gui.widget.logic.planBackendInstall
+    reloaded.ui.storePathLineEdit.currentPath = str(tmp_path / "store")
+    reloaded.ui.connectButton.click()
+    gui.widget = reloaded
+    finish(gui)
+    assert reloaded.ui.backendStatusLabel.text.endswith("· server shared with another Slicer")
+    assert reloaded.logic.session.client.base_url == backend.url
+    backend.stop()
+    reloaded.cleanup()
+
+
+def test_reload_without_a_job_stops_the_server(gui, torch_ready, tmp_path: Path) -> None:
+    start_local(gui, tmp_path)
+    finish(gui)
+    backend = gui.widget.logic.localBackend
+    gui.widget.cleanup()
+    backend.process.wait(10)
+    assert gui.env.dialogs.confirmations == [] and not (tmp_path / "store" / ".dakr-slicer-server.json").exists()

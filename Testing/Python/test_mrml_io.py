@@ -136,43 +136,57 @@ def test_segmentation_to_file_and_back_is_identical(scene, tmp_path: Path) -> No
     np.testing.assert_array_equal(_export_on(back, volume), _export_on(segmentation, volume))
 
 
-def test_changed_voxels_segment_marks_exactly_the_differences(scene) -> None:
-    _, labels = testing.phantom_arrays(seed=5)
-    before = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "before")
-    after = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "after")
-    for node in (before, after):
-        node.SetSpacing(1.0, 2.0, 3.0)
-        node.SetOrigin(1.0, 2.0, 3.0)
-    changed_labels = labels.copy()
-    changed_labels[6, 10:13, 10] = 3
-    slicer.util.updateVolumeFromArray(before, labels)
-    slicer.util.updateVolumeFromArray(after, changed_labels)
-    expected = labels != changed_labels
+def test_lost_and_gained_voxels_are_their_own_segments_on_the_grid(scene) -> None:
+    _, truth = testing.phantom_arrays(seed=5)
+    nodes = {}
+    for name in ("truth", "before", "after"):
+        nodes[name] = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name)
+        nodes[name].SetSpacing(1.0, 2.0, 3.0)
+        nodes[name].SetOrigin(1.0, 2.0, 3.0)
+    before, after = truth.copy(), truth.copy()
+    after[6, 10:13, 10] = 3           # right before, wrong after: lost
+    before[4, 5:7, 5] = 2             # wrong before, right after: gained
+    before[2, 1, 1] = after[2, 1, 1] = 1 if truth[2, 1, 1] != 1 else 2   # wrong in both: neither
+    for name, array in (("truth", truth), ("before", before), ("after", after)):
+        slicer.util.updateVolumeFromArray(nodes[name], array)
+    expected_lost = (before == truth) & (after != truth)
+    expected_gained = (before != truth) & (after == truth)
+    assert expected_lost.sum() == 3 and expected_gained.sum() >= 1
 
-    segmentation, mask = mrmlio.changed_voxels_segmentation(before, after, "changes")
+    segmentation, lost, gained = mrmlio.regression_segmentation(nodes["truth"], nodes["before"], nodes["after"], "lost/gained")
 
-    np.testing.assert_array_equal(mask, expected)
-    segment = segmentation.GetSegmentation().GetNthSegment(0)
-    assert segment.GetName() == "changed voxels"
-    assert segment.GetColor() == pytest.approx(mrmlio.CHANGED_COLOR)
-    reference = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "grid")
-    reference.SetSpacing(1.0, 2.0, 3.0)
-    reference.SetOrigin(1.0, 2.0, 3.0)
-    slicer.util.updateVolumeFromArray(reference, labels.astype(np.float32))
-    np.testing.assert_array_equal(_export_on(segmentation, reference) > 0, expected)
-    centre = mrmlio.mask_centre(before, mask)
-    k, j, i = np.argwhere(expected).mean(axis=0)
-    np.testing.assert_allclose(centre, _ras_of_ijk(before, (i, j, k)))
+    np.testing.assert_array_equal(lost, expected_lost)
+    np.testing.assert_array_equal(gained, expected_gained)
+    segments = segmentation.GetSegmentation()
+    for name, mask in ((mrmlio.LOST, expected_lost), (mrmlio.GAINED, expected_gained)):
+        segment_id = mrmlio.segment_id(segmentation, name)
+        assert segments.GetSegment(segment_id).GetColor() == pytest.approx(mrmlio.REGRESSION_COLORS[name])
+        exported = slicer.util.arrayFromSegmentInternalBinaryLabelmap(segmentation, segment_id)
+        assert int((exported == segments.GetSegment(segment_id).GetLabelValue()).sum()) == int(mask.sum())
+    centre = mrmlio.mask_centre(nodes["truth"], lost)
+    k, j, i = np.argwhere(expected_lost).mean(axis=0)
+    np.testing.assert_allclose(centre, _ras_of_ijk(nodes["truth"], (i, j, k)))
 
 
-def test_changed_voxels_refuses_different_grids(scene) -> None:
-    before = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "before")
-    after = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "after")
-    slicer.util.updateVolumeFromArray(before, np.zeros((3, 4, 5), np.uint8))
-    after.SetSpacing(2.0, 1.0, 1.0)
-    slicer.util.updateVolumeFromArray(after, np.zeros((3, 4, 5), np.uint8))
+def test_lost_and_gained_refuses_different_grids(scene) -> None:
+    nodes = [scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", name) for name in ("truth", "before", "after")]
+    for node in nodes:
+        slicer.util.updateVolumeFromArray(node, np.zeros((3, 4, 5), np.uint8))
+    nodes[2].SetSpacing(2.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="not on the same grid"):
-        mrmlio.changed_voxels_segmentation(before, after, "changes")
+        mrmlio.regression_segmentation(*nodes, "lost/gained")
+
+
+def test_nodes_of_class_reads_the_given_scene_and_releases_the_collection(scene) -> None:
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "v")
+    scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "l")
+    assert mrmlio.nodes_of_class(scene, "vtkMRMLLabelMapVolumeNode")[0].GetName() == "l"
+    assert len(mrmlio.nodes_of_class(scene, "vtkMRMLScalarVolumeNode")) == 2, "a labelmap is a scalar volume too"
+    collection = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    before = collection.GetReferenceCount()
+    collection.UnRegister(None)
+    assert before == 2 and collection.GetReferenceCount() == 1, "GetNodesByClass returns one reference too many"
+    assert volume in mrmlio.nodes_of_class(scene, "vtkMRMLScalarVolumeNode")
 
 
 def test_scene_pairs_by_reference_geometry_and_by_labelmap_name(scene) -> None:
@@ -201,3 +215,54 @@ def test_first_site_label_names_follow_segment_order(scene) -> None:
     _, second = testing.add_phantom_case(scene, "two", seed=2)
     second.GetSegmentation().AddEmptySegment("Lesion", "Lesion", (1.0, 0.0, 0.0))
     assert mrmlio.label_names_from_segmentations([first, second]) == {"background": 0, "shell": 1, "core": 2, "Lesion": 3}
+
+
+def test_a_labelmap_on_another_grid_is_resampled_to_the_image_grid(scene, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 4, size=(4, 6, 5), dtype=np.uint8)
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "coarse labels")
+    labels.SetSpacing(2.0, 2.0, 2.0)
+    labels.SetOrigin(0.5, 0.5, 0.5)
+    slicer.util.updateVolumeFromArray(labels, source)
+    image = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "image")
+    slicer.util.updateVolumeFromArray(image, np.zeros((9, 12, 12), np.float32))
+
+    written = mrmlio.write_labels(labels, image, tmp_path / "labels.nii.gz")
+
+    k, j, i = np.indices((9, 12, 12))
+    inside = (i < 10) & (j < 12) & (k < 8)
+    expected = np.zeros((9, 12, 12), np.uint8)
+    expected[inside] = source[k[inside] // 2, j[inside] // 2, i[inside] // 2]
+    stored = sitk.ReadImage(str(written))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(stored), expected)
+    assert stored.GetSize() == (12, 12, 9) and stored.GetSpacing() == (1.0, 1.0, 1.0)
+
+
+def test_a_labelmap_on_the_image_grid_is_written_as_it_is(scene, tmp_path: Path) -> None:
+    _, labels_array = testing.phantom_arrays(seed=3)
+    volume, _ = testing.add_phantom_case(scene, "p", seed=3)
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "p-label")
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    labels.SetIJKToRASMatrix(matrix)
+    slicer.util.updateVolumeFromArray(labels, labels_array)
+    written = mrmlio.write_labels(labels, volume, tmp_path / "p.nii.gz")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(written))), labels_array)
+
+
+def test_a_loaded_image_has_display_and_storage_nodes_and_is_removed_with_them(scene, tmp_path: Path) -> None:
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(60, dtype=np.float32).reshape(3, 4, 5)), str(tmp_path / "i.nii.gz"))
+    def volume_nodes() -> int:
+        return sum(len(mrmlio.nodes_of_class(scene, name)) for name in
+                   ("vtkMRMLVolumeNode", "vtkMRMLVolumeDisplayNode", "vtkMRMLStorageNode"))
+
+    before = volume_nodes()
+    node = mrmlio.load_volume(scene, tmp_path / "i.nii.gz", "image")
+    assert node.GetDisplayNode() is not None and node.GetStorageNode() is not None
+    assert node.GetModifiedSinceRead(), "the file is temporary: Save must write the data"
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), np.arange(60).reshape(3, 4, 5))
+    assert volume_nodes() == before + 3
+    mrmlio.remove_node(node)
+    assert volume_nodes() == before
+    with pytest.raises(OSError, match="cannot read image"):
+        mrmlio.load_volume(scene, tmp_path / "missing.nii.gz", "x")

@@ -75,7 +75,9 @@ def test_results_table_holds_the_comparison(scene) -> None:
     differences = _column_values(table_node, results.DIFFERENCE_COLUMN)
     assert differences == pytest.approx([-0.10, -0.10, 0.58, -0.15])
     assert math.isnan(_column_values(table_node, results.BEFORE_COLUMN)[3])
-    assert table_node.GetColumnTitle(results.AFTER_COLUMN) == "Dice after (v3)"
+    assert [table_node.GetColumnTitle(c) for c in (results.BEFORE_COLUMN, results.AFTER_COLUMN, results.DIFFERENCE_COLUMN,
+                                                  results.LEARNED_COLUMN)] == ["Before", "After", "Change", "Learned"]
+    assert table_node.GetName().endswith("vs v3 (after)")
 
 
 def test_dice_plot_has_one_series_per_site_along_the_lineage(scene) -> None:

@@ -12,6 +12,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest  # noqa: E402
 from PySide6 import QtWidgets  # noqa: E402
+from PySide6 import QtCore  # noqa: E402
 from PySide6.QtCore import QFile, QObject  # noqa: E402
 from PySide6.QtUiTools import QUiLoader  # noqa: E402
 
@@ -38,18 +39,20 @@ EXPECTED_CLASSES = {
     "resultsCollapsibleButton": "ctkCollapsibleButton", "beforeVersionComboBox": "QComboBox",
     "afterVersionComboBox": "QComboBox", "showResultsButton": "QPushButton", "resultsTableView": "qMRMLTableView",
     "bwtLabel": "QLabel",
-    "auditCollapsibleButton": "ctkCollapsibleButton", "auditSiteComboBox": "QComboBox", "auditCaseComboBox": "QComboBox",
-    "previousCaseButton": "QPushButton", "loadCaseButton": "QPushButton", "nextCaseButton": "QPushButton",
-    "auditDiceLabel": "QLabel",
+    "auditCollapsibleButton": "ctkCollapsibleButton", "auditSiteComboBox": "QComboBox",
+    "auditCasesTableWidget": "QTableWidget", "previousCaseButton": "QPushButton", "loadCaseButton": "QPushButton",
+    "nextCaseButton": "QPushButton", "flickerButton": "QPushButton", "auditDiceLabel": "QLabel",
 }
 #: What each Slicer custom widget extends (as in Slicer's own Designer plugins).
 CUSTOM_BASES = {"ctkCollapsibleButton": "QWidget", "ctkCollapsibleGroupBox": "QGroupBox", "ctkPathLineEdit": "QWidget",
                 "qMRMLNodeComboBox": "QWidget", "qMRMLTableView": "QTableView", "qMRMLWidget": "QWidget"}
 #: Widget class that Slicer's parameter node GUI connectors accept for each annotated type.
-CONNECTORS = {"str+Choice": "QComboBox", "str": "QLineEdit", "int": "QSpinBox", "float": "QDoubleSpinBox",
-              "bool": "QCheckBox", "Path": "ctkPathLineEdit", "node": "qMRMLNodeComboBox"}
+CONNECTORS = {"str+Choice": {"QComboBox"}, "str": {"QLineEdit"}, "int": {"QSpinBox", "QSlider"},
+              "float": {"QDoubleSpinBox"}, "bool": {"QCheckBox"}, "Path": {"ctkPathLineEdit"}, "node": {"qMRMLNodeComboBox"}}
 #: Parameters kept by the module itself rather than bound to a widget.
 UNBOUND_PARAMETERS = {"jobId", "resultsTable", "diceTable", "diceChart"}
+#: Width of Slicer's module panel in a default main window (px).
+DEFAULT_PANEL_WIDTH = 400
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +144,7 @@ def test_parameter_names_match_the_parameter_node(loaded, designer) -> None:
     assert set(bound) == set(parameters) - UNBOUND_PARAMETERS, "every GUI parameter has a widget"
     for parameter, widgets in bound.items():
         assert len(widgets) == 1, f"{parameter} is bound to several widgets {widgets}"
-        assert classes[widgets[0]] == CONNECTORS[parameters[parameter]], (
+        assert classes[widgets[0]] in CONNECTORS[parameters[parameter]], (
             f"{widgets[0]} ({classes[widgets[0]]}) cannot represent {parameter} ({parameters[parameter]})")
         assert loaded.findChild(QObject, widgets[0]).property("SlicerParameterName") == parameter
 
@@ -152,12 +155,41 @@ def test_the_token_is_a_password_field_and_not_a_parameter(loaded) -> None:
     assert token.property("SlicerParameterName") is None
 
 
-def test_panel_renders_offscreen(tmp_path) -> None:
-    from render_module_panel import render
+def test_panel_renders_offscreen_labelled_as_a_mock(tmp_path) -> None:
+    from PySide6.QtGui import QImage
+    from render_module_panel import MOCK_BANNER, render
 
     path = render(tmp_path / "panel.png")
-    from PySide6.QtGui import QImage
-
     image = QImage(str(path))
     assert image.width() >= 400 and image.height() >= 800
     assert len({image.pixel(x, y) for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)}) > 20
+    assert "MOCK" in MOCK_BANNER
+
+
+def test_rarely_used_sections_start_collapsed(designer) -> None:
+    collapsed = {element.get("name") for element in designer.iter("widget")
+                 if any(prop.get("name") == "collapsed" and prop.findtext("bool") == "true" for prop in element.findall("property"))}
+    assert {"modelCollapsibleButton", "advancedGroupBox"} <= collapsed
+    assert not {"backendCollapsibleButton", "adaptCollapsibleButton", "auditCollapsibleButton"} & collapsed
+
+
+@pytest.mark.parametrize("table_name", ["auditCasesTableWidget", "resultsTableView"])
+def test_tables_do_not_scroll_sideways_at_the_default_panel_width(table_name: str) -> None:
+    from render_module_panel import fill_example, load_panel
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+    panel = load_panel()
+    fill_example(panel)
+    panel.resize(DEFAULT_PANEL_WIDTH, 1600)
+    panel.show()
+    app.processEvents()
+    table = panel.findChild(QtWidgets.QTableWidget, table_name)
+    assert table.horizontalScrollBarPolicy() == QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+    header = table.horizontalHeader()
+    assert header.length() <= table.viewport().width() + 1, f"{header.length()} px of columns in {table.viewport().width()} px"
+    for column in range(table.columnCount()):
+        title = table.horizontalHeaderItem(column).text()
+        needed = header.fontMetrics().horizontalAdvance(title)
+        assert header.sectionSize(column) >= needed, f"{table_name}: column '{title}' is cut ({header.sectionSize(column)} < {needed} px)"
+    panel.deleteLater()
+    app.processEvents()

@@ -31,6 +31,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from dakr.extras import require_extra
+
 if TYPE_CHECKING:
     import nibabel as nib
 
@@ -103,7 +105,7 @@ def template_fractions() -> tuple[np.ndarray, np.ndarray]:
     GM and WM are the template probability maps restricted to the hole-filled brain mask;
     CSF = clip(mask - GM - WM, 0, 1).
     """
-    from nilearn import datasets  # imported here: only a data build needs it, not a cached run
+    datasets = require_extra("nilearn.datasets", "demo", "Building the demo data")  # only a data build needs it
 
     mask_img = datasets.load_mni152_brain_mask()
     mask = ndimage.binary_fill_holes(np.asanyarray(mask_img.dataobj) > 0).astype(np.float32)
@@ -148,7 +150,7 @@ def _read_only(volume: TissueVolume) -> TissueVolume:
 def load_template() -> TissueVolume:
     """The 1 mm template as a :class:`TissueVolume`, cropped to the brain plus a margin."""
     fractions, affine = template_fractions()
-    from nilearn import datasets
+    datasets = require_extra("nilearn.datasets", "demo", "Building the demo data")
 
     t1 = datasets.load_mni152_template().get_fdata(dtype=np.float32)
     volume = TissueVolume(fractions, _texture(t1, fractions), affine)

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from dakr.extras import require_extra
 
+matplotlib = require_extra("matplotlib", "report", "The benchmark's plots")
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402

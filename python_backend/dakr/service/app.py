@@ -25,6 +25,7 @@ from dakr.service.context import ServiceContext, clean_temp_area, public_message
 from dakr.service.docs import add_offline_docs
 from dakr.service.failures import storage_failure
 from dakr.service.jobs import JobConflict, JobRunner
+from dakr.service.parent_watch import watch_parent
 from dakr.service.schemas import ErrorOut
 from dakr.service.uploads import UploadLimitMiddleware
 from dakr.service.security import (
@@ -185,13 +186,15 @@ def serve_main(
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    parent_pid: int | None = None,
 ) -> int:
     """Run the API server until interrupted; returns the exit code (2 for a refused configuration).
 
     Binding to an address other than loopback needs a ``token`` and TLS (``ssl_certfile`` and
     ``ssl_keyfile``); requests must address the server by a local name, the bound address or
     one of ``allow_hosts``. The server's own predictions use half the usable cores (one at a
-    time), leaving the rest to the job workers it starts.
+    time), leaving the rest to the job workers it starts. With ``parent_pid`` the server shuts
+    down when that process ends.
     """
     loopback = is_loopback(host)
     hosts = allowed_host_names(host, allow_hosts)
@@ -217,5 +220,7 @@ def serve_main(
         f"answers to host names {', '.join(sorted(hosts))}",
         file=sys.stderr,
     )
+    if parent_pid is not None:
+        watch_parent(parent_pid)
     uvicorn.run(app, host=host, port=port, log_level="info", ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
     return 0

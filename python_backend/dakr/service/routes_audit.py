@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -9,8 +10,15 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse
 
 from dakr import pipeline
-from dakr.service.context import ServiceContext, case_or_404, get_context, version_or_404, version_or_active
-from dakr.service.schemas import MAX_INT, ActiveOrVersion, CaseDiceOut, ErrorOut
+from dakr.service.context import (
+    ServiceContext,
+    case_or_404,
+    get_context,
+    site_or_404,
+    version_or_404,
+    version_or_active,
+)
+from dakr.service.schemas import MAX_INT, ActiveOrVersion, CaseDiceOut, CaseStructureDiceOut, ErrorOut
 from dakr.store.aggregate import foreground_dice, mean_skipping_nan
 
 router = APIRouter(tags=["audit"])
@@ -84,3 +92,34 @@ def _case_dice(context: ServiceContext, version: int, site: str, case_id: str) -
         if record.case_id == case_id:
             return mean_skipping_nan(foreground_dice(record.dice, background).values())
     return None
+
+
+@router.get(
+    "/sites/{site}/audit-dice",
+    response_model=list[CaseStructureDiceOut],
+    responses={k: v for k, v in _FILE_RESPONSES.items() if k not in (200, 410)},
+    summary="Per-structure Dice of every audit case of a site under two versions",
+)
+def site_audit_dice(
+    site: str,
+    before: Annotated[int, Query(ge=1, le=MAX_INT, description="the earlier version")],
+    after: Annotated[int, Query(ge=1, le=MAX_INT, description="the later version")],
+    context: ServiceContext = Depends(get_context),
+) -> list[CaseStructureDiceOut]:
+    """One row per audit case, sorted by case id, for the module's regression table."""
+    site_or_404(context.store, site)
+    for version in (before, after):
+        version_or_404(context.store, version)
+    background = {name for name, value in (context.store.label_names or {}).items() if value == 0}
+    by_version = {
+        version: {record.case_id: _finite(foreground_dice(record.dice, background))
+                  for record in context.store.evaluations(version, site)}
+        for version in (before, after)
+    }
+    audit_ids = sorted(case.case_id for case in context.store.cases(site) if case.split == "audit")
+    return [CaseStructureDiceOut(case_id=case_id, before=by_version[before].get(case_id), after=by_version[after].get(case_id))
+            for case_id in audit_ids]
+
+
+def _finite(dice: dict[str, float]) -> dict[str, float | None]:
+    return {name: None if math.isnan(value) else value for name, value in dice.items()}

@@ -142,6 +142,15 @@ class MatrixOut(BaseModel):
     per_class: dict[str, list[list[float | None]]] = Field(description="per label name, Dice [version][site], " + DICE_UNIT)
 
 
+class CaseStructureDiceOut(BaseModel):
+    """Per-structure foreground Dice of one audit case under two versions (``null``: not evaluated, or
+    the structure is absent from both label map and prediction)."""
+
+    case_id: str
+    before: dict[str, float | None] | None
+    after: dict[str, float | None] | None
+
+
 class CaseDiceOut(BaseModel):
     """Mean foreground Dice of one audit case under two versions; ``null`` where not evaluated."""
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where weights are written: the rest of the store works without it
     import torch
 
 TEMP_PREFIX = ".tmp-"

@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from dakr.store.records import StoreError, now_iso
 
 LOCK_FILE = "dakr.lock"
@@ -81,6 +79,8 @@ def writer_lock(
     :class:`StoreBusy` naming it after that, or as soon as ``should_stop`` returns true.
     ``on_wait`` is called once, with that error, when the lock is not free at once.
     """
+    from filelock import FileLock, Timeout  # only writers need it: reading a store works without the package
+
     lock = FileLock(store_path / LOCK_FILE, fallback_to_soft=False, thread_local=False)
     deadline = time.monotonic() + wait_s
     notified = False
