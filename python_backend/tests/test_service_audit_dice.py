@@ -7,12 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from dakr.data.site import discover_site
 from dakr.service import create_app
 from dakr.store import EvaluationRecord, Store
-from test_service_support import add_tiny_version, record_dice, write_site
+from test_service_support import add_tiny_version, local_client, record_dice, write_site
 
 API = "/api/v1"
 
@@ -26,7 +25,7 @@ def test_per_case_structure_dice_of_two_versions(tmp_path: Path) -> None:
     audit_ids = sorted(case.case_id for case in store.cases("A") if case.split == "audit")
     assert len(audit_ids) == 2
     store.record_evaluations([EvaluationRecord(2, "A", audit_ids[0], {"A": 0.9, "B": math.nan}, {"A": 1.0, "B": 1.0})])
-    with TestClient(create_app(store.path)) as client:
+    with local_client(create_app(store.path)) as client:
         rows = client.get(f"{API}/sites/A/audit-dice", params={"before": 1, "after": 2}).json()
         assert [row["case_id"] for row in rows] == audit_ids
         assert rows[0]["before"] == {"A": pytest.approx(0.8), "B": pytest.approx(0.6)}
@@ -34,3 +33,4 @@ def test_per_case_structure_dice_of_two_versions(tmp_path: Path) -> None:
         assert rows[1]["after"] is None
         assert client.get(f"{API}/sites/A/audit-dice", params={"before": 1, "after": 9}).status_code == 404
         assert client.get(f"{API}/sites/Z/audit-dice", params={"before": 1, "after": 2}).status_code == 404
+        assert client.get(f"{API}/sites/A/audit-dice", params={"before": 2**63, "after": 2}).status_code == 422

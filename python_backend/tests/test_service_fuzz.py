@@ -53,7 +53,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     add_tiny_version(store, "A", 1)
     record_dice(store, 1, "A", 0.8, 0.6)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jobs_module, "worker_command", lambda path, job_id: [sys.executable, "-c", "pass", job_id])
+        patch.setattr(jobs_module, "worker_command", lambda path, job_id, threads: [sys.executable, "-c", "pass", job_id])
         port = _free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(store.path), host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 
-from dakr.service.context import ServiceContext, active_or_409, get_context, site_or_404
+from dakr.service.context import ServiceContext, active_or_409, get_context, site_or_404, temp_folder
 from dakr.service.schemas import ErrorOut, RankedImageOut, SiteCheckOut
 from dakr.service.uploads import save_volume
 from dakr.shift import check_site, rank_images
@@ -20,7 +19,11 @@ router = APIRouter(tags=["shift"])
 @router.get(
     "/sites/{site}/check",
     response_model=SiteCheckOut,
-    responses={404: {"model": ErrorOut, "description": "unknown site"}, 409: {"model": ErrorOut, "description": "no model yet"}},
+    responses={
+        400: {"model": ErrorOut, "description": "invalid site name"},
+        404: {"model": ErrorOut, "description": "unknown site"},
+        409: {"model": ErrorOut, "description": "no model yet"},
+    },
     summary="How far a registered site is from the known ones, and the active model's Dice on it",
 )
 def site_check(site: str, context: ServiceContext = Depends(get_context)) -> SiteCheckOut:
@@ -40,13 +43,13 @@ def site_check(site: str, context: ServiceContext = Depends(get_context)) -> Sit
     summary="Order a new site's unlabelled images by the value of labelling them",
 )
 def rank(
-    images: Annotated[list[UploadFile], File(description="unlabelled volumes of the new site")],
+    images: Annotated[list[UploadFile], File(min_length=1, description="unlabelled volumes of the new site")],
     seed: Annotated[int, Query(ge=0, le=2**31 - 1, description="seed of the tie-breaking")] = 0,
     context: ServiceContext = Depends(get_context),
 ) -> list[RankedImageOut]:
     """Ranks by uncertainty of the active model and feature-space novelty (see ``dakr site rank``)."""
     active_or_409(context.store)
-    folder = Path(tempfile.mkdtemp(prefix="dakr-rank-"))
+    folder = temp_folder(context.store)
     try:
         paths = [save_volume(upload, folder) for upload in images]
         ranked = rank_images(context.store, paths, seed=seed)
