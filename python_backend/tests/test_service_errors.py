@@ -7,7 +7,6 @@ import errno
 import os
 import sqlite3
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +14,12 @@ from fastapi.testclient import TestClient
 
 import dakr.service.jobs as jobs_module
 from dakr.data.site import discover_site
-from dakr.service import create_app, worker
+from dakr.service import worker
 from dakr.service.context import clean_temp_area
 from dakr.service.failures import EXIT_STORAGE_FAILED
 from dakr.service.jobs import JobRunner
 from dakr.store import Store, StoreError
-from test_service_support import add_tiny_version, case_volumes, encoded, local_client, upload_files, wait_for, write_site
+from test_service_support import add_tiny_version, case_volumes, encoded, upload_files, wait_for, write_site
 
 API = "/api/v1"
 HUGE = [2**63, 2**64, 10**30]
@@ -32,12 +31,6 @@ def store(tmp_path: Path) -> Store:
     store.add_site("A", discover_site(write_site(tmp_path / "A")), audit_fraction=0.25)
     add_tiny_version(store, "A", None)
     return store
-
-
-@pytest.fixture
-def client(store: Store) -> Iterator[TestClient]:
-    with local_client(create_app(store.path)) as test_client:
-        yield test_client
 
 
 def no_space(*args: object, **kwargs: object) -> None:

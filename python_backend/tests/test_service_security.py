@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,12 +32,6 @@ def store(tmp_path: Path) -> Store:
     add_tiny_version(store, "A", None)
     add_tiny_version(store, "A", 1)
     return store
-
-
-@pytest.fixture
-def client(store: Store) -> Iterator[TestClient]:
-    with local_client(create_app(store.path)) as test_client:
-        yield test_client
 
 
 # -- cross-site requests -------------------------------------------------------------------------
