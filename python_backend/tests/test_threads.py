@@ -65,7 +65,7 @@ def test_the_service_shares_cores_among_its_workers(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(jobs_module, "worker_command", sleeper)
     store = Store.init(tmp_path / "store")
-    runner = JobRunner(store, store.path)
+    runner = JobRunner(store, store.path, max_evaluations=2)
     try:
         runner.submit("evaluate", {"version": 1})
         runner.submit("evaluate", {"version": 2})
