@@ -119,7 +119,10 @@ def read_token(token_file: str | Path | None, environ: dict[str, str] | None = N
         mode = path.stat().st_mode
         token = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ServiceConfigError(f"--token-file {path}: cannot be read ({exc.strerror})") from exc
+        raise ServiceConfigError(
+            f"--token-file {path}: cannot be read ({exc.strerror}). "
+            "Fix: write the token (16 or more characters) into that file, readable only by you (chmod 600)"
+        ) from exc
     if os.name != "nt" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ServiceConfigError(f"--token-file {path} can be read by other users. Fix: chmod 600 {path}")
     if not token:
