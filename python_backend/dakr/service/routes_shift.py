@@ -29,7 +29,9 @@ router = APIRouter(tags=["shift"])
 def site_check(site: str, context: ServiceContext = Depends(get_context)) -> SiteCheckOut:
     site_or_404(context.store, site)
     active_or_409(context.store)
-    return SiteCheckOut(**check_site(context.store, site).to_dict())
+    with context.torch_work:
+        check = check_site(context.store, site)
+    return SiteCheckOut(**check.to_dict())
 
 
 @router.post(
@@ -52,7 +54,8 @@ def rank(
     folder = temp_folder(context.store)
     try:
         paths = [save_volume(upload, folder) for upload in images]
-        ranked = rank_images(context.store, paths, seed=seed)
+        with context.torch_work:
+            ranked = rank_images(context.store, paths, seed=seed)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return [RankedImageOut(**{**item.to_dict(), "path": Path(item.path).name}) for item in ranked]
