@@ -1,8 +1,10 @@
 """``dakr demo``: the whole product on the built-in demo sites, end to end, with one command.
 
 Builds (or reuses) the demo data, creates a fresh store, trains the base model on the first
-site, adapts site by site with the chosen strategy, evaluates every version on every site,
-prints the per-site Dice after each stage with ACC and BWT, and writes the audit report.
+site, then for each further site prints its shift check (before any training on it) and adapts
+with the chosen strategy; every version is evaluated on every site. Prints the per-site Dice
+after each stage with ACC and BWT, the out-of-distribution verdict of the final model on a
+known site's case and on a protocol no site uses, and writes the audit report.
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ import numpy as np
 
 from dakr.config import flatten
 from dakr.data.site import discover_site
+from dakr.demo.contrasts import SiteProtocol
 from dakr.evaluation.continual_metrics import acc, bwt
 from dakr.progress import ConsoleProgress
 from dakr.store import Store
+
+
+#: A protocol no demo site uses (short-TI inversion recovery, thick slices, strong bias and noise).
+HELD_OUT_PROTOCOL = SiteProtocol(
+    "heldout_stir_1p5T", "STIR", "1.5T", "inversion_recovery", tr_ms=3000.0, te_ms=30.0, ti_ms=150.0,
+    slice_thickness_mm=8.0, slice_axis="z", bias_strength=0.35, noise_fraction=0.08, gamma=0.6, gain=800.0,
+)
 
 
 def demo_overrides(quick: bool) -> dict[str, object]:
@@ -35,6 +45,7 @@ def run_demo(out: Path, strategy: str = "dakr", quick: bool = False) -> int:
     from dakr.demo import build_demo_data
     from dakr.evaluation.report import write_report
     from dakr.pipeline import adapt, lineage
+    from dakr.shift import check_site, format_check
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -50,15 +61,34 @@ def run_demo(out: Path, strategy: str = "dakr", quick: bool = False) -> int:
     progress = ConsoleProgress()
     for index, site_dir in enumerate(site_dirs):
         print(f"\nstage {index + 1}/{len(site_dirs)}: {'base model on' if index == 0 else strategy + ' adapting to'} {site_dir.name}")
+        if index > 0:
+            print(format_check(check_site(store, site_dir.name, progress=progress)))
         adapt(store, site_dir.name, strategy=strategy, overrides=overrides, progress=progress)
     sites = [d.name for d in site_dirs]
     chain = lineage(store, store.active_version())
     matrix = np.array([[_value(store.site_dice(v.id, s)) for s in sites] for v in chain]) * 100
     print_summary(sites, [f"v{v.id} ({v.site})" for v in chain], matrix)
+    print_shift_warnings(store, out / "heldout", sites[0])
     report = write_report(store, out / "report")
     print(f"\nreport: {report}")
     print(f"total time: {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def print_shift_warnings(store: Store, heldout_dir: Path, known_site: str) -> None:
+    """The final model's out-of-distribution verdict on a known site's audit case and a held-out protocol."""
+    from dakr.data.io import read_image
+    from dakr.demo import build_demo_data
+    from dakr.shift import predict_with_shift
+
+    heldout = build_demo_data(heldout_dir, sites=[HELD_OUT_PROTOCOL], cases_per_site=2, seed=99)[0]
+    known_case = store.cases(known_site, "audit")[0]
+    print("\nout-of-distribution check of the final model")
+    for label, path in (
+        (f"{known_site}/{known_case.case_id} (audit case of a known site)", known_case.image_path),
+        (f"{heldout.name} (a protocol no site uses)", sorted((heldout / "imagesTr").iterdir())[0]),
+    ):
+        print(f"  {label}: {predict_with_shift(store, read_image(path)).summary}")
 
 
 def _value(dice: float | None) -> float:
