@@ -3,8 +3,8 @@
 These functions are what the CLI, the worker processes of the HTTP service and the benchmark
 call. ``adapt`` implements the data flow of "Adapt to new site": load the active version, its
 buffer and the new site's training cases, train one stage with a strategy, update the buffer,
-register the new version, evaluate it and its parent on every site's audit cases, and activate
-it.
+register the new version, evaluate it and its parent on every site's audit cases, apply the
+acceptance policy (:mod:`dakr.governance`) and activate it if the gate allows.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +29,8 @@ from dakr.data.io import read_image, write_image
 from dakr.data.preprocessing import PreprocessedCase, preprocess_case
 from dakr.data.sampling import PatchSampler
 from dakr.evaluation.metrics import dice_per_class, hd95_per_class
+from dakr.governance.decisions import gate_new_version
+from dakr.governance.provenance import collect_provenance
 from dakr.inference import default_device, predict_volume
 from dakr.nets.factory import build_network
 from dakr.progress import ProgressCallback, ProgressEvent, null_progress
@@ -140,14 +143,16 @@ def adapt(
     resume: bool = False,
     should_stop: Callable[[], bool] | None = None,
     device: torch.device | None = None,
-    activate: bool = True,
+    activate: str | None = None,
 ) -> VersionInfo | None:
     """Train a new version on ``site`` from the active version (the base model when there is none).
 
     Returns the new version (``None`` on non-zero ranks of a distributed run, which never write
-    to the store). Raises :class:`~dakr.training.TrainingCancelled` when ``should_stop`` fires;
+    to the store). The gate decides activation: by the store's policy when ``activate`` is ``None``,
+    else ``"never"``, ``"if-accepted"`` or ``"always"`` (recorded as an override if held). Raises :class:`~dakr.training.TrainingCancelled` when ``should_stop`` fires;
     with the same ``work_dir`` and ``resume=True`` the run continues from its checkpoint.
     """
+    started = time.perf_counter()
     site_info = store.site(site)
     if site_info.purged:
         raise StoreError(f"site {site!r} was purged; its images are gone. Fix: register the site again under a new name")
@@ -203,7 +208,9 @@ def adapt(
     )
     for evaluated in [version, *chain[:1], *([parent] if parent else [])]:
         evaluate_version(store, evaluated.id, progress=progress, only_missing=evaluated.id != version.id, device=device)
-    return store.activate(version.id) if activate else store.version(version.id)
+    provenance = collect_provenance(store, version.id, train_sites, device, time.perf_counter() - started)
+    decision = gate_new_version(store, version, past_sites, activate, provenance)
+    return store.activate(version.id) if decision.activated else store.version(version.id)
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:
