@@ -223,7 +223,7 @@ def run_chain(spec: RunSpec) -> dict[str, Any]:
         store.add_site(site, discover_site(Path(spec.data_dir) / site))
     started = time.perf_counter()
     for site in sites:
-        adapt(store, site, strategy=spec.strategy, overrides=spec.overrides, progress=timer)
+        adapt(store, site, strategy=spec.strategy, overrides=spec.overrides, progress=timer, activate="always")
     chain = lineage(store, store.active_version())
     matrix = [[store.site_dice(v.id, s) for s in sites] for v in chain]
     base = [store.site_dice(chain[0].id, s) for s in sites]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from dakr import __version__
+from dakr.governance.verbs import add_activate_option, add_verbs as add_governance_verbs
 
 
 class UsageError(Exception):
@@ -52,6 +53,9 @@ def cmd_site_add(args: argparse.Namespace) -> int:
         args.name, discover_site(args.path), audit_fraction=args.audit_fraction, seed=args.seed, progress=ConsoleProgress()
     )
     print(f"registered site {info.name}: {info.n_train} training and {info.n_audit} audit cases (split seed {info.split_seed})")
+    from dakr.governance.commands import print_audit_advice
+
+    print_audit_advice(store, info.n_train + info.n_audit)
     return 0
 
 
@@ -86,12 +90,17 @@ def cmd_adapt(args: argparse.Namespace) -> int:
             work_dir=args.work_dir,
             resume=args.resume,
             device=init_from_environment(),
+            activate=args.activate,
         )
     finally:
         shutdown()
     if version is not None:
-        print(f"version {version.id} ({version.strategy} on {version.site}, parent {version.parent}) is now active")
+        from dakr.governance.commands import print_gate
+
+        state = "is now active" if version.active else "is stored but not active"
+        print(f"version {version.id} ({version.strategy} on {version.site}, parent {version.parent}) {state}")
         _print_matrix(store)
+        print_gate(store, version.id)
     return 0
 
 
@@ -121,19 +130,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from dakr.governance.decisions import statuses
+
     store = _store(args.store)
     versions = store.versions()
     if not versions:
         print("no model versions yet")
         return 0
-    print(f"{'':2}{'version':<9}{'parent':<8}{'site':<24}{'strategy':<12}created")
+    status = statuses(store)
+    print(f"{'':2}{'version':<9}{'parent':<8}{'site':<24}{'strategy':<12}{'status':<20}created")
     for v in versions:
-        print(f"{'*' if v.active else '':2}{v.id:<9}{'-' if v.parent is None else v.parent:<8}{v.site:<24}{v.strategy:<12}{v.created}")
+        print(
+            f"{'*' if v.active else '':2}{v.id:<9}{'-' if v.parent is None else v.parent:<8}{v.site:<24}"
+            f"{v.strategy:<12}{status[v.id] + (' active' if v.active else ''):<20}{v.created}"
+        )
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    version = _store(args.store).activate(args.version)
+    from dakr.governance.decisions import activate_checked
+
+    version = activate_checked(_store(args.store), args.version)
     print(f"version {version.id} ({version.strategy} on {version.site}) is now active")
     return 0
 
@@ -219,16 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--work-dir", help="checkpoint folder (enables --resume)")
     sub.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work-dir")
     sub.add_argument("--nproc", type=int, default=1, help="processes for distributed data-parallel training (torchrun)")
+    add_activate_option(sub)
 
     sub = verb("evaluate", cmd_evaluate, "evaluate versions on every site's audit cases and print the Dice table")
     sub.add_argument("store")
     sub.add_argument("--version", type=int, help="only this version (default: all)")
     sub.add_argument("--force", action="store_true", help="re-evaluate cases already evaluated")
 
-    sub = verb("models", cmd_models, "list model versions with their lineage (* = active)")
+    add_governance_verbs(verb)
+
+    sub = verb("models", cmd_models, "list model versions with their lineage and gate status (* = active)")
     sub.add_argument("store")
 
-    sub = verb("rollback", cmd_rollback, "make an earlier version the active one")
+    sub = verb("rollback", cmd_rollback, "make an earlier version the active one (held or rejected ones need approval)")
     sub.add_argument("store")
     sub.add_argument("version", type=int)
 

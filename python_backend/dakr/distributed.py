@@ -30,6 +30,8 @@ def launch(args: argparse.Namespace) -> int:
         command += ["--work-dir", args.work_dir]
     if args.resume:
         command.append("--resume")
+    if args.activate:
+        command += ["--activate", args.activate]
     return subprocess.call(command)
 
 

@@ -6,3 +6,6 @@
 - :mod:`dakr.governance.decisions`: recorded decisions, sign-offs, statuses and activation rules;
 - :mod:`dakr.governance.provenance` and :mod:`dakr.governance.record`: the change record.
 """
+
+#: How a run may override the policy's activation of its new version (``None`` = by the policy).
+ACTIVATION_MODES = ("never", "if-accepted", "always")

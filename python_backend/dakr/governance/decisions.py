@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dakr.governance.gate import ACTIVATION_MODES, GateResult, evaluate_gate
+from dakr.governance import ACTIVATION_MODES
+from dakr.governance.gate import GateResult, evaluate_gate
 from dakr.governance.policy import policy_in_force
 from dakr.governance.tables import reading, writing
 from dakr.store import Store, StoreError, VersionInfo
@@ -76,6 +77,20 @@ def gate_result(store: Store, version_id: int) -> GateResult | None:
     with reading(store) as conn:
         row = conn.execute("SELECT detail FROM gate_decisions WHERE version = ?", (version_id,)).fetchone()
     return None if row is None else GateResult.from_dict(load_json(row["detail"]))
+
+
+def gate_outcome(store: Store, version_id: int) -> dict[str, Any] | None:
+    """The gate decision as JSON-ready data with its one-line summary and current status."""
+    result = gate_result(store, version_id)
+    if result is None:
+        return None
+    return {
+        **result.to_dict(),
+        "summary": result.summary(),
+        "failing_sites": [check.site for check in result.failing],
+        "warnings": result.warnings,
+        "status": version_status(store, version_id),
+    }
 
 
 def provenance(store: Store, version_id: int) -> dict[str, Any] | None:

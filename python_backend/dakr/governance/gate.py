@@ -20,8 +20,6 @@ from dakr.store import EvaluationRecord, Store
 from dakr.store.aggregate import foreground_dice, mean_skipping_nan
 
 Verdict = Literal["accepted", "held"]
-#: How a run activates its new version: by the policy (``None``), or as overridden per run.
-ACTIVATION_MODES = ("never", "if-accepted", "always")
 POINTS = 100.0
 
 

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from dakr import __version__
 from dakr.config import ConfigError
 from dakr.data.errors import DataError, SiteValidationError
-from dakr.service import routes_audit, routes_info, routes_jobs, routes_models, routes_sites
+from dakr.service import routes_audit, routes_governance, routes_info, routes_jobs, routes_models, routes_sites
 from dakr.service.context import ServiceContext
 from dakr.service.jobs import JobConflict, JobRunner, JobStateError
 from dakr.service.uploads import UploadLimitMiddleware
@@ -73,7 +73,7 @@ def create_app(
     app.add_middleware(UploadLimitMiddleware, max_mb=max_upload_mb)
     app.state.context = ServiceContext(store=store, runner=runner, loopback=loopback)
     dependencies = [Depends(bearer_token_dependency(token))] if token is not None else []
-    for module in (routes_info, routes_sites, routes_jobs, routes_models, routes_audit):
+    for module in (routes_info, routes_sites, routes_jobs, routes_models, routes_governance, routes_audit):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=dependencies)
     _install_error_handlers(app)
     return app

@@ -72,6 +72,8 @@ class AdaptJobIn(BaseModel):
     strategy: str = "dakr"
     #: Dotted config overrides, e.g. ``{"train.epochs": 2}``.
     config: dict[str, Any] = Field(default_factory=dict)
+    #: Override the acceptance policy's activation for this run (``null``: by the policy).
+    activate: Literal["never", "if-accepted", "always"] | None = None
 
 
 class JobCreatedOut(BaseModel):
@@ -87,7 +89,8 @@ class JobOut(BaseModel):
     created: str
     updated: str
     error: str | None
-    #: ``{"version": id}`` for adapt jobs; evaluate jobs add ``"dice": {site: mean Dice}``.
+    #: ``{"version": id, "gate": {...}}`` for adapt jobs (the gate outcome: verdict, summary,
+    #: activated, failing sites, per-site checks); evaluate jobs ``{"version": id, "dice": {site: mean Dice}}``.
     result: dict[str, Any] | None
 
 
@@ -103,6 +106,8 @@ class LogOut(BaseModel):
 
 class ModelOut(BaseModel):
     id: int
+    #: accepted, held, overridden, approved, rejected or unchecked (see ``dakr models``).
+    status: str
     parent: int | None
     site: str
     strategy: str

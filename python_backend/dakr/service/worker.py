@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from dakr import pipeline
+from dakr.governance.decisions import gate_outcome
 from dakr.progress import ConsoleProgress, JsonLinesProgress, ProgressCallback, ProgressEvent
 from dakr.service import processes
 from dakr.service.job_files import ATTEMPTS_FILE, EVENTS_FILE, WORK_DIR
@@ -117,8 +118,9 @@ def _run(
             work_dir=work_dir,
             resume=resume,
             should_stop=stop.is_set,
+            activate=params.get("activate"),
         )
-        return {"version": version.id}
+        return {"version": version.id, "gate": gate_outcome(store, version.id)}
     if job.kind == "evaluate":
         dice = pipeline.evaluate_version(store, params["version"], progress=progress)
         return {"version": params["version"], "dice": {site: value for site, value in dice.items() if value is not None}}
