@@ -1,12 +1,17 @@
 """The ``dakr`` command line: help on every verb, one clear line and a non-zero exit on errors."""
 
+import json
+
 import pytest
 
 from dakr.cli import build_parser, main
 
 from synthetic import TINY_OVERRIDES, write_config
 
-VERBS = ["init", "site add", "site list", "adapt", "evaluate", "models", "rollback", "predict", "demo", "report", "benchmark", "serve"]
+VERBS = [
+    "init", "site add", "site list", "adapt", "evaluate", "models", "rollback", "predict", "demo", "report", "benchmark",
+    "serve", "policy", "approve", "reject", "record",
+]
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -46,11 +51,24 @@ def test_cli_workflow(tmp_path, capsys, synthetic_sites):
     for name in ("siteA", "siteB"):
         assert main(["site", "add", store, name, str(synthetic_sites[name])]) == 0
     assert main(["adapt", store, "--site", "siteA", "--strategy", "finetune", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "ACCEPTED: version 1 passed every check; it is now active"
     assert main(["adapt", store, "--site", "siteB", "--config", str(config), "--set", "train.steps_per_epoch=2"]) == 0
     out = capsys.readouterr().out
-    assert "version 2 (dakr on siteB, parent 1) is now active" in out
+    # One audit case per site: non-inferiority on siteA cannot be shown, so the gate holds version 2.
+    assert "version 2 (dakr on siteB, parent 1) is stored but not active" in out
+    assert out.strip().splitlines()[-1].startswith("HELD: version 2 failed on siteA")
+    assert "power warning: siteA: only 1 audit case" in out
+    assert main(["rollback", store, "2"]) == 1
+    assert "held and cannot be activated" in capsys.readouterr().err
+    assert main(["approve", store, "2", "--reason", "checked the siteA audit case by eye", "--by", "QA"]) == 0
+    assert main(["record", store, "2"]) == 0
+    record = capsys.readouterr().out
+    assert "approved by QA: checked the siteA audit case by eye" in record and "SHA-256" in record
+    assert main(["record", store, "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["signoffs"][0]["by"] == "QA"
     assert main(["models", store]) == 0
-    assert "* 2" in capsys.readouterr().out.replace("*2", "* 2")
+    models = capsys.readouterr().out
+    assert "* 2" in models.replace("*2", "* 2") and "approved active" in models
     assert main(["rollback", store, "1"]) == 0
     assert main(["evaluate", store, "--version", "1"]) == 0
     assert "siteB" in capsys.readouterr().out
@@ -61,3 +79,17 @@ def test_cli_workflow(tmp_path, capsys, synthetic_sites):
     assert "cannot change after the base model" in capsys.readouterr().err
     assert main(["report", store, "--out", str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "index.html").exists()
+
+
+def test_policy_verb_shows_and_sets_versions(tmp_path, capsys):
+    store = str(tmp_path / "store")
+    assert main(["init", store]) == 0
+    assert main(["policy", store]) == 0
+    assert "defaults (none stored yet)" in capsys.readouterr().out
+    assert main(["policy", store, "--set", "margin=1.5", "--set", "auto_activate=false"]) == 0
+    out = capsys.readouterr().out
+    assert "stored policy version 1" in out and "margin = 1.5" in out and "auto_activate = false" in out
+    assert main(["policy", store, "--set", "margin"]) == 1
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["approve", store, "3", "--reason", "x"]) == 1
+    assert "unknown model version 3" in capsys.readouterr().err
