@@ -1,8 +1,11 @@
 """``dakr demo``: the whole product on the built-in demo sites, end to end, with one command.
 
 Builds (or reuses) the demo data, creates a fresh store, trains the base model on the first
-site, adapts site by site with the chosen strategy, evaluates every version on every site,
-prints the per-site Dice after each stage with ACC and BWT, and writes the audit report.
+site, adapts site by site with the chosen strategy, evaluates every version on every site and
+gates every update with the store's acceptance policy. It then tries a deliberately forgetting
+update (plain fine-tuning on the first site only, from the active version), which the gate holds,
+prints the per-site Dice after each stage with ACC and BWT, writes the audit report and ends with
+every update's gate verdict.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from dakr.config import flatten
 from dakr.data.site import discover_site
 from dakr.evaluation.continual_metrics import acc, bwt
+from dakr.governance.decisions import gate_result
 from dakr.progress import ConsoleProgress
 from dakr.store import Store
 
@@ -50,7 +54,14 @@ def run_demo(out: Path, strategy: str = "dakr", quick: bool = False) -> int:
     progress = ConsoleProgress()
     for index, site_dir in enumerate(site_dirs):
         print(f"\nstage {index + 1}/{len(site_dirs)}: {'base model on' if index == 0 else strategy + ' adapting to'} {site_dir.name}")
-        adapt(store, site_dir.name, strategy=strategy, overrides=overrides, progress=progress)
+        version = adapt(store, site_dir.name, strategy=strategy, overrides=overrides, progress=progress)
+        print(gate_result(store, version.id).summary())
+    first = site_dirs[0].name
+    print(f"\nforgetting check: plain fine-tuning of the active version on {first} alone")
+    # Half as long as a stage: enough to forget, and it keeps the demo short.
+    short = {**overrides, "train.epochs": max(1, int(overrides["train.epochs"]) // 2)}
+    forgetting = adapt(store, first, strategy="finetune", overrides=short, progress=progress)
+    print(gate_result(store, forgetting.id).summary())
     sites = [d.name for d in site_dirs]
     chain = lineage(store, store.active_version())
     matrix = np.array([[_value(store.site_dice(v.id, s)) for s in sites] for v in chain]) * 100
@@ -58,11 +69,20 @@ def run_demo(out: Path, strategy: str = "dakr", quick: bool = False) -> int:
     report = write_report(store, out / "report")
     print(f"\nreport: {report}")
     print(f"total time: {time.perf_counter() - started:.0f} s")
+    print_verdicts(store)
     return 0
 
 
 def _value(dice: float | None) -> float:
     return float("nan") if dice is None else dice
+
+
+def print_verdicts(store: Store) -> None:
+    """Every update's gate verdict, oldest first (the demo's last lines)."""
+    print("\ngate verdicts (policy: `dakr policy STORE`; details: `dakr record STORE VERSION`)")
+    for version in store.versions():
+        result = gate_result(store, version.id)
+        print(f"v{version.id} {version.strategy} on {version.site}: {result.summary() if result else 'not gated'}")
 
 
 def print_summary(sites: list[str], stages: list[str], matrix: np.ndarray) -> None:
