@@ -21,6 +21,7 @@ from dakr.governance.gate import suggest_audit_fraction, suggested_audit_cases
 from dakr.governance.policy import Policy, current_policy, set_policy
 from dakr.governance.record import change_record
 from dakr.governance.statistics import paired_bootstrap
+from dakr.evaluation.report import write_report
 from dakr.store import EvaluationRecord, Store, StoreError
 from dakr.store.schema import DB_NAME
 
@@ -226,7 +227,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_the_record_of_a_real_update_hashes_the_stored_files(registered_store):
+def test_the_record_of_a_real_update_hashes_the_stored_files(registered_store, tmp_path):
     store = registered_store
     base = pipeline.adapt(store, "siteA", strategy="finetune", overrides=TINY_OVERRIDES)
     record = change_record(store, base.id)
@@ -243,6 +244,10 @@ def test_the_record_of_a_real_update_hashes_the_stored_files(registered_store):
     assert record["gate"]["verdict"] == "accepted" and record["policy"]["values"] == Policy().to_dict()
     assert {site["site"] for site in record["evaluation"]} == {"siteA", "siteB", "siteC"}
     assert all("dice" in case and "hd95" in case for site in record["evaluation"] for case in site["cases"])
+    approve(store, base.id, "base model <reviewed>", by="QA")
+    page = write_report(store, tmp_path / "report", cases_per_site=0).read_text()
+    assert 'id="change-control"' in page and 'id="gate-v1"' in page
+    assert "ACCEPTED: version 1 passed every check" in page and "base model &lt;reviewed&gt;" in page
 
 
 @pytest.mark.slow
