@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import APIRouter, Depends, HTTPException, status
 from pydantic import BaseModel, Field
@@ -34,41 +34,40 @@ class PolicyOut(BaseModel):
     values: dict[str, Any]
 
 
-def _signed(context: ServiceContext, version_id: int) -> ModelOut:
+def _sign_off(context: ServiceContext, version_id: int, signoff: SignoffIn, sign: Callable[..., Any]) -> ModelOut:
+    """Record an approval or rejection: 404 unknown version, 400 blank reason, 409 refused by the store."""
+    version_or_404(context.store, version_id)
+    try:
+        sign(context.store, version_id, signoff.reason, signoff.by)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+    except StoreError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     version = context.store.version(version_id)
     return model_out(version, dice_by_version(context).get(version_id, {}), version_status(context.store, version_id))
+
+
+_SIGNOFF_ERRORS = {**_NOT_FOUND, 400: {"model": ErrorOut, "description": "blank reason"}}
 
 
 @router.post(
     "/models/{version_id}/approve",
     response_model=ModelOut,
-    responses={**_NOT_FOUND, 400: {"model": ErrorOut, "description": "blank reason"}},
+    responses=_SIGNOFF_ERRORS,
     summary="Approve a version (e.g. one held by the gate) and activate it; the reason is recorded",
 )
 def approve_model(version_id: int, signoff: SignoffIn, context: ServiceContext = Depends(get_context)) -> ModelOut:
-    version_or_404(context.store, version_id)
-    try:
-        approve(context.store, version_id, signoff.reason, signoff.by)
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
-    return _signed(context, version_id)
+    return _sign_off(context, version_id, signoff, approve)
 
 
 @router.post(
     "/models/{version_id}/reject",
     response_model=ModelOut,
-    responses={**_NOT_FOUND, 400: {"model": ErrorOut, "description": "blank reason"}, 409: {"model": ErrorOut, "description": "the version is active"}},
+    responses={**_SIGNOFF_ERRORS, 409: {"model": ErrorOut, "description": "the version is active"}},
     summary="Reject a version; it stays inactive unless approved later; the reason is recorded",
 )
 def reject_model(version_id: int, signoff: SignoffIn, context: ServiceContext = Depends(get_context)) -> ModelOut:
-    version_or_404(context.store, version_id)
-    try:
-        reject(context.store, version_id, signoff.reason, signoff.by)
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
-    except StoreError as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    return _signed(context, version_id)
+    return _sign_off(context, version_id, signoff, reject)
 
 
 @router.get(
