@@ -149,8 +149,9 @@ def adapt(
 
     Returns the new version (``None`` on non-zero ranks of a distributed run, which never write
     to the store). The gate decides activation: by the store's policy when ``activate`` is ``None``,
-    else ``"never"``, ``"if-accepted"`` or ``"always"`` (recorded as an override if held). Raises :class:`~dakr.training.TrainingCancelled` when ``should_stop`` fires;
-    with the same ``work_dir`` and ``resume=True`` the run continues from its checkpoint.
+    else ``"never"``, ``"if-accepted"`` or ``"always"`` (recorded as an override if held). Raises
+    :class:`~dakr.training.TrainingCancelled` when ``should_stop`` fires; with the same
+    ``work_dir`` and ``resume=True`` the run continues from its checkpoint.
     """
     started = time.perf_counter()
     site_info = store.site(site)
