@@ -775,6 +775,8 @@ class DAKRSegmentationTest(ScriptedLoadableModuleTest):
                 monitor = logic.startAdapt(site, "dakr", AdaptSettings(epochs=1, buffer_samples=8, extra=TINY_TRAINING))
                 update = monitor.wait(timeout_s=600, on_update=lambda u: logging.info(u.status_text))
                 self.assertEqual(update.state, "succeeded", update.error)
+            # One audit case per site cannot show non-inferiority: the gate may hold v2, a reviewer signs it off.
+            gate.approve(session.client, 2, "tiny self-test model, signed off by the self-test")
 
             models = session.client.models()
             before, after = session.default_versions(models)
