@@ -51,7 +51,7 @@ def test_cli_workflow(tmp_path, capsys, synthetic_sites):
     for name in ("siteA", "siteB"):
         assert main(["site", "add", store, name, str(synthetic_sites[name])]) == 0
     assert main(["adapt", store, "--site", "siteA", "--strategy", "finetune", "--config", str(config)]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "ACCEPTED: version 1 passed every check; it is now active"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "ACCEPTED: version 1 passed every check; activated"
     assert main(["adapt", store, "--site", "siteB", "--config", str(config), "--set", "train.steps_per_epoch=2"]) == 0
     out = capsys.readouterr().out
     # One audit case per site: non-inferiority on siteA cannot be shown, so the gate holds version 2.

@@ -65,7 +65,7 @@ def run_demo(out: Path, strategy: str = "dakr", quick: bool = False) -> int:
     sites = [d.name for d in site_dirs]
     chain = lineage(store, store.active_version())
     matrix = np.array([[_value(store.site_dice(v.id, s)) for s in sites] for v in chain]) * 100
-    print_summary(sites, [f"v{v.id} ({v.site})" for v in chain], matrix)
+    print_summary(sites, [f"v{v.id} ({v.site})" for v in chain], matrix, [v.site for v in chain])
     report = write_report(store, out / "report")
     print(f"\nreport: {report}")
     print(f"total time: {time.perf_counter() - started:.0f} s")
@@ -85,10 +85,15 @@ def print_verdicts(store: Store) -> None:
         print(f"v{version.id} {version.strategy} on {version.site}: {result.summary() if result else 'not gated'}")
 
 
-def print_summary(sites: list[str], stages: list[str], matrix: np.ndarray) -> None:
-    """Per-site Dice (points) after each stage, then ACC and BWT of the final model."""
+def print_summary(sites: list[str], stages: list[str], matrix: np.ndarray, learned: list[str]) -> None:
+    """Per-site Dice (points) after each stage, then ACC and BWT of the final model over the ``learned`` sites.
+
+    ``learned`` are the sites of the stages in order (held updates are not stages of the active
+    lineage, so their sites may be missing); R is the stage x learned-site part of ``matrix``.
+    """
     print("\nDice (%) on each site's audit cases after each stage")
     print(f"{'after':<28}" + "".join(f"{s[:16]:>18}" for s in sites))
     for stage, row in zip(stages, matrix):
         print(f"{stage:<28}" + "".join(f"{'–' if np.isnan(v) else f'{v:.1f}':>18}" for v in row))
-    print(f"ACC {acc(matrix):.1f}   BWT {bwt(matrix):+.1f} (negative = forgetting)")
+    r = matrix[:, [sites.index(site) for site in learned]]
+    print(f"ACC {acc(r):.1f}   BWT {bwt(r):+.1f} over {', '.join(learned)} (negative = forgetting)")

@@ -92,8 +92,8 @@ class GateResult:
             failed = "; ".join(f"{check.site} ({' '.join(check.reasons)})" for check in self.failing)
             text = f"HELD: version {self.version} failed on {failed}"
         if self.override:
-            return text + f"; activated anyway by --activate always (recorded as an override)"
-        return text + ("; it is now active" if self.activated else "; the active version is unchanged")
+            return text + "; activated anyway by --activate always (recorded as an override)"
+        return text + ("; activated" if self.activated else "; not activated")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
