@@ -272,3 +272,11 @@ def test_a_forgetting_finetune_run_is_held_by_the_pipeline(registered_store, mon
     result = gate_result(store, forgetting.id)
     assert result.verdict == "held" and "siteA" in [check.site for check in result.failing]
     assert statuses(store) == {base.id: "accepted", forgetting.id: "held"}
+
+
+def test_demo_summary_uses_the_active_lineage_sites_when_updates_were_held(capsys):
+    from dakr.demo.run import print_summary
+
+    matrix = np.array([[80.0, 10.0, 20.0], [79.0, 30.0, 70.0]])  # v2 on site b was held: stages learned a, then c
+    print_summary(["a", "b", "c"], ["v1 (a)", "v3 (c)"], matrix, ["a", "c"])
+    assert "ACC 74.5   BWT -1.0 over a, c" in capsys.readouterr().out
