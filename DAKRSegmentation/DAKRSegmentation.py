@@ -659,7 +659,8 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.gateLabel.text = "\n".join([outcome["summary"], *(f"Power warning: {w}" for w in outcome.get("warnings", []))])
         scene = slicer.mrmlScene
-        nodes = [scene.AddNewNodeByClass(kind, f"DAKR gate {part}") for kind, part in (
+        nodes = [scene.GetFirstNodeByName(f"DAKR gate {part}") or scene.AddNewNodeByClass(kind, f"DAKR gate {part}")
+                 for kind, part in (
             ("vtkMRMLTableNode", "verdict"), ("vtkMRMLTableNode", "changes"), ("vtkMRMLTableNode", "intervals"),
             ("vtkMRMLPlotChartNode", "chart"))]
         gate.fill_verdict_table(nodes[0], outcome)
