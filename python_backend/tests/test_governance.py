@@ -280,3 +280,14 @@ def test_demo_summary_uses_the_active_lineage_sites_when_updates_were_held(capsy
     matrix = np.array([[80.0, 10.0, 20.0], [79.0, 30.0, 70.0]])  # v2 on site b was held: stages learned a, then c
     print_summary(["a", "b", "c"], ["v1 (a)", "v3 (c)"], matrix, ["a", "c"])
     assert "ACC 74.5   BWT -1.0 over a, c" in capsys.readouterr().out
+
+
+def test_power_warning_below_the_planned_number_of_audit_cases(tmp_path):
+    store = Store.init(tmp_path / "store")
+    for name, seed in (("A", 0), ("B", 1)):
+        store.add_site(name, discover_site(write_site(tmp_path / name, n_cases=4, seed=seed)), audit_fraction=0.5)
+    base, _ = gated(store, "A", None, {"A": [0.8, 0.8], "B": [0.3, 0.3]})
+    _, result = gated(store, "B", base.id, {"A": [0.81, 0.805], "B": [0.8, 0.8]})
+    assert result.verdict == "accepted"
+    assert result.warnings == ["A: only 2 audit cases (the policy's planning asks for 3): a bootstrap over so few "
+                               "cases can only reuse the changes it saw, so its interval is optimistic"]

@@ -189,6 +189,11 @@ def _non_inferiority(
             f"{policy.margin:g} Dice points): {interval.n} audit cases are too few to tell a drop of the margin "
             f"from no change; about {needed} or more are needed"
         )
+    elif interval.n < needed:
+        check.power_warning = (
+            f"only {interval.n} audit cases (the policy's planning asks for {needed}): a bootstrap over so few "
+            "cases can only reuse the changes it saw, so its interval is optimistic"
+        )
     _require_bound(check, "", interval, policy)
     if policy.per_structure:
         for name, structure in _structure_intervals(store, version, parent, check.site, policy).items():
