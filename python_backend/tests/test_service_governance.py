@@ -84,3 +84,15 @@ def test_sign_off_needs_the_token(held_store: Store) -> None:
         assert client.get(f"{API}/models/2/record").status_code == 401
         headers = {"Authorization": f"Bearer {TOKEN}"}
         assert client.post(f"{API}/models/2/reject", json={"reason": "x"}, headers=headers).status_code == 200
+
+
+def test_record_and_gate_are_strict_json_with_missed_structures(client: TestClient, held_store: Store) -> None:
+    case = held_store.cases("A", "audit")[0]
+    held_store.record_evaluations(
+        [EvaluationRecord(2, "A", case.case_id, {"A": 0.0, "B": float("nan")}, {"A": float("inf"), "B": float("nan")})]
+    )
+    record = client.get(f"{API}/models/2/record")
+    assert record.status_code == 200, record.text
+    cases = next(site for site in record.json()["evaluation"] if site["site"] == "A")["cases"]
+    assert {"case_id": case.case_id, "dice": {"A": 0.0, "B": None}, "hd95": {"A": "inf", "B": None}} in cases
+    assert client.get(f"{API}/models/2/gate").status_code == 200

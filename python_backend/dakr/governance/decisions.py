@@ -15,6 +15,7 @@ from typing import Any
 from dakr.governance import ACTIVATION_MODES
 from dakr.governance.gate import GateResult, evaluate_gate
 from dakr.governance.policy import policy_in_force
+from dakr.governance.strict_json import json_safe
 from dakr.governance.tables import reading, writing
 from dakr.store import Store, StoreError, VersionInfo
 from dakr.store.queries import set_active
@@ -84,13 +85,13 @@ def gate_outcome(store: Store, version_id: int) -> dict[str, Any] | None:
     result = gate_result(store, version_id)
     if result is None:
         return None
-    return {
+    return json_safe({
         **result.to_dict(),
         "summary": result.summary(),
         "failing_sites": [check.site for check in result.failing],
         "warnings": result.warnings,
         "status": version_status(store, version_id),
-    }
+    })
 
 
 def provenance(store: Store, version_id: int) -> dict[str, Any] | None:

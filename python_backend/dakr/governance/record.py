@@ -14,12 +14,13 @@ from dakr.governance.decisions import gate_result, provenance, signoffs, version
 from dakr.governance.display import gate_table
 from dakr.governance.gate import GateResult
 from dakr.governance.policy import Policy
+from dakr.governance.strict_json import json_safe
 from dakr.governance.tables import policy_by_id, reading
 from dakr.store import Store
 
 
 def change_record(store: Store, version_id: int) -> dict[str, Any]:
-    """The change record of ``version_id`` as JSON-ready data (missing parts are ``None``)."""
+    """The change record of ``version_id`` as strict JSON data (missing parts are ``None``; see :func:`json_safe`)."""
     version = store.version(version_id)
     gate = gate_result(store, version_id)
     policy = None
@@ -27,7 +28,7 @@ def change_record(store: Store, version_id: int) -> dict[str, Any]:
         with reading(store) as conn:
             policy_id, created, values = policy_by_id(conn, gate.policy_id)
         policy = {"id": policy_id, "created": created, "values": Policy.from_dict(values).to_dict()}
-    return {
+    return json_safe({
         "version": version.id,
         "parent": version.parent,
         "site": version.site,
@@ -41,7 +42,7 @@ def change_record(store: Store, version_id: int) -> dict[str, Any]:
         "policy": policy,
         "gate": None if gate is None else gate.to_dict(),
         "signoffs": [asdict(signoff) for signoff in signoffs(store, version_id)],
-    }
+    })
 
 
 def _evaluation(store: Store, version_id: int) -> list[dict[str, Any]]:
