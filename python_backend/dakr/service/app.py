@@ -16,7 +16,15 @@ from fastapi.responses import JSONResponse, Response
 from dakr import __version__
 from dakr.config import ConfigError
 from dakr.data.errors import DataError, SiteValidationError
-from dakr.service import routes_audit, routes_info, routes_jobs, routes_models, routes_shift, routes_sites
+from dakr.service import (
+    routes_audit,
+    routes_governance,
+    routes_info,
+    routes_jobs,
+    routes_models,
+    routes_shift,
+    routes_sites,
+)
 from dakr.service.context import ServiceContext
 from dakr.service.docs import add_offline_docs
 from dakr.service.jobs import JobConflict, JobRunner, JobStateError
@@ -79,7 +87,7 @@ def create_app(
     app.add_middleware(UploadLimitMiddleware, max_mb=max_upload_mb)
     app.state.context = ServiceContext(store=store, runner=runner, loopback=loopback)
     dependencies = [Depends(bearer_token_dependency(token))] if token is not None else []
-    for module in (routes_info, routes_sites, routes_jobs, routes_models, routes_audit, routes_shift):
+    for module in (routes_info, routes_sites, routes_jobs, routes_models, routes_governance, routes_audit, routes_shift):
         app.include_router(module.router, prefix=API_PREFIX, dependencies=dependencies)
     _install_error_handlers(app)
     return app
