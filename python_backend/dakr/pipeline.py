@@ -30,7 +30,7 @@ from dakr.data.io import read_image, write_image
 from dakr.data.preprocessing import PreprocessedCase, preprocess_case
 from dakr.data.sampling import PatchSampler
 from dakr.evaluation.metrics import dice_per_class, hd95_per_class
-from dakr.governance.decisions import gate_new_version
+from dakr.governance.decisions import activation_outcome, gate_new_version
 from dakr.governance.provenance import collect_provenance
 from dakr.inference import default_device, predict_volume
 from dakr.nets.factory import build_network
@@ -215,7 +215,9 @@ def adapt(
     provenance = collect_provenance(store, version_id, train_sites, device, time.perf_counter() - started)
     decision = gate_new_version(store, store.version(version_id), past_sites, activate, provenance)
     progress(ProgressEvent(stage="gate", message=decision.summary()))
-    return store.version(version_id)
+    version = store.version(version_id)
+    progress(ProgressEvent(stage="activate", message=activation_outcome(store, version)))
+    return version
 
 
 def _train_and_store(

@@ -60,7 +60,7 @@ def test_cli_workflow(tmp_path, capsys, synthetic_sites):
     assert main(["adapt", store, "--site", "siteB", "--config", str(config), "--set", "train.steps_per_epoch=2"]) == 0
     out = capsys.readouterr().out
     # One audit case per site: non-inferiority on siteA cannot be shown, so the gate holds version 2.
-    assert "version 2 is held by the gate and stays inactive" in out
+    assert "version 2 was stored but NOT activated: the gate held it" in out and "dakr approve STORE 2" in out
     assert "siteA" in out and "siteB" in out and "v1" in out and "v2" in out
     assert out.strip().splitlines()[-1].startswith("HELD: version 2 failed on siteA")
     assert "power warning: siteA: only 1 audit case" in out

@@ -16,7 +16,16 @@ import pytest
 
 from dakr import pipeline
 from dakr.data.site import discover_site
-from dakr.governance.decisions import activate_checked, approve, gate_new_version, gate_result, reject, signoffs, statuses
+from dakr.governance.decisions import (
+    activate_checked,
+    activation_outcome,
+    approve,
+    gate_new_version,
+    gate_result,
+    reject,
+    signoffs,
+    statuses,
+)
 from dakr.governance.gate import suggest_audit_fraction, suggested_audit_cases
 from dakr.governance.policy import Policy, current_policy, set_policy
 from dakr.governance.record import change_record
@@ -68,15 +77,13 @@ def inject(store: Store, version: int, site: str, dice: list[float]) -> None:
 
 
 def gated(store: Store, site: str, parent: int | None, evaluations: dict[str, list[float]], activate: str | None = None):
-    """Store a version on ``site``, inject its evaluations, gate it and activate it as the gate says."""
+    """Store a version on ``site``, inject its evaluations and gate it (the gate activates it if allowed)."""
     version = add_tiny_version(store, site, parent, activate=False)
     for evaluated_site, dice in evaluations.items():
         inject(store, version.id, evaluated_site, dice)
     past = [store.version(parent).site] if parent is not None else []
     result = gate_new_version(store, version, past, activate, {"note": "injected"})
-    if result.activated:
-        store.activate(version.id)
-    return version, result
+    return store.version(version.id), result
 
 
 @pytest.fixture
@@ -123,6 +130,24 @@ def test_activation_overrides(store, base):
     assert result.verdict == "accepted" and not result.activated
     with pytest.raises(ValueError, match="activate must be one of"):
         gated(store, "B", base.id, forgetting, activate="sometimes")
+
+
+def test_the_gate_activates_only_over_the_parent_and_decides_once(store, base):
+    within = {"A": [0.80, 0.82, 0.84], "B": [0.80, 0.80, 0.80]}
+    newer, _ = gated(store, "B", base.id, within)
+    assert newer.active
+    # Trained from the base while ``newer`` became active: accepted, or even forced, it stays inactive.
+    for activate in (None, "always"):
+        late, result = gated(store, "B", base.id, within, activate=activate)
+        assert result.verdict == "accepted" and not result.activated and result.superseded == newer.id
+        assert store.active_version().id == newer.id and not late.active
+        assert f"not activated: the active version changed to {newer.id}" in result.summary()
+        assert f"rollback STORE {late.id}" in activation_outcome(store, late)
+        assert gate_new_version(store, late, ["A"], "always", {}) == result, "a decided version keeps its decision"
+    held, result = gated(store, "B", base.id, {"A": [0.50, 0.50, 0.50], "B": [0.80, 0.80, 0.80]}, activate="always")
+    assert result.verdict == "held" and not result.override and statuses(store)[held.id] == "held"
+    outcome = activation_outcome(store, held)
+    assert f"changed to {newer.id}" in outcome and "the gate held it" in outcome and f"approve STORE {held.id}" in outcome
 
 
 def test_approve_activates_and_records_the_reason(store, base):

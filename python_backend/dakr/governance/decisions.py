@@ -84,13 +84,18 @@ def gate_new_version(
 
 
 def activation_outcome(store: Store, version: VersionInfo) -> str:
-    """One line for people on whether a new ``version`` is active, and if not, why and how to use it."""
+    """One line for people on whether a new ``version`` is active and, if not, why and how to use it."""
     result = gate_result(store, version.id)
-    if result is None or result.activated or result.superseded is not None:
+    if result is None or result.activated or (result.superseded is not None and result.verdict == "accepted"):
         return activation_summary(store, version)
     if result.verdict == "held":
+        changed = (
+            f"the active version changed to {result.superseded} while it trained (that choice is kept) and "
+            if result.superseded is not None
+            else ""
+        )
         return (
-            f"version {version.id} is held by the gate and stays inactive. To use it: "
+            f"version {version.id} was stored but NOT activated: {changed}the gate held it. To use it: "
             f"`dakr approve STORE {version.id} --reason TEXT` or POST /api/v1/models/{version.id}/approve"
         )
     return (
