@@ -15,7 +15,7 @@ import slicer
 import vtk
 
 from .client import BackendClient
-from .results import _column
+from .results import _column, remove_plot_series
 
 SITE_COLUMN = "Site"
 ROLE_COLUMN = "Role"
@@ -160,11 +160,7 @@ def fill_error_bar_plot(scene: Any, chart: Any, table_node: Any, bars_node: Any,
         _column(bars, f"x {site}", [position, position], numeric=True)
         _column(bars, site, [lower, upper], numeric=True)
     bars_node.SetAndObserveTable(bars)
-    for index in reversed(range(chart.GetNumberOfPlotSeriesNodes())):
-        old = chart.GetNthPlotSeriesNode(index)
-        chart.RemoveNthPlotSeriesNodeID(index)
-        if old is not None:
-            scene.RemoveNode(old)
+    remove_plot_series(scene, chart)
 
     def series(name: str, node: Any, x: str, y: str, line: bool, color: tuple[float, float, float]) -> None:
         plot = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
