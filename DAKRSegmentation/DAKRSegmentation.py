@@ -31,7 +31,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from DAKRSegmentationLib import MINIMUM_PYTHON_VERSION, MINIMUM_SLICER_VERSION, audit, mrmlio, server_lock
+from DAKRSegmentationLib import MINIMUM_PYTHON_VERSION, MINIMUM_SLICER_VERSION, audit, gate, mrmlio, server_lock
 from DAKRSegmentationLib.background import BackgroundTasks, Task, TaskCancelled, TaskControl
 from DAKRSegmentationLib.backend import LocalBackend, backend_location, backend_requirements, torch_requirement, torch_too_old
 from DAKRSegmentationLib.install_plan import InstallPlan, install, installed_versions, plan_install, write_constraints
@@ -393,6 +393,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadCaseButton.connect("clicked(bool)", self.onLoadCase)
         self.ui.previousCaseButton.connect("clicked(bool)", self.onPreviousCase)
         self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
+        self.setupGateWidgets()
 
         for table in (self.ui.auditCasesTableWidget, self.ui.resultsTableView):
             table.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
@@ -552,6 +553,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         self.ui.resultsCollapsibleButton, self.ui.auditCollapsibleButton):
             section.enabled = connected
         self.ui.rollbackButton.enabled = connected and not following and bool(self.models) and not busy
+        self.approveButton.enabled = self.rejectButton.enabled = self.ui.rollbackButton.enabled
         self.ui.registerSiteButton.enabled = (bool(params.siteName) and (bool(self.scenePairs) or not fromScene)
                                               and not self.tasks.busy("register"))
         self.ui.adaptButton.enabled = connected and not following and self.ui.adaptSiteComboBox.count > 0 and not busy
@@ -689,7 +691,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table = self.ui.versionsTableWidget
         table.setRowCount(len(self.models))
         for row, model in enumerate(self.models):
-            values = [f"v{model['id']}" + (" (active)" if model.get("active") else ""), model["site"], model["strategy"],
+            values = [gate.version_label(model), model["site"], model["strategy"],
                       str(model.get("created", ""))[:19].replace("T", " "),
                       "" if model.get("parent") is None else f"v{model['parent']}"]
             for column, value in enumerate(values):
@@ -902,6 +904,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
             self.runInBackground("refresh", lambda control: session.fetch_overview(), refreshed,
                                  "The job finished, but the new model versions could not be read.")
+            self.showGate((update.result or {}).get("gate"))
             return
         if update.resumable:
             self.jobResumable = True
@@ -926,6 +929,73 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.runInBackground("resume", lambda control: session.client.resume_job(jobId),
                              lambda _: self.startFollowing(self.logic.followJob(jobId), f"Resuming job {jobId} ..."),
                              f"Cannot resume job {jobId}.")
+
+    # -- change control ---------------------------------------------------------------------------
+    def setupGateWidgets(self) -> None:
+        """Approve / Reject under the versions table; the gate verdict (text and table) in Results."""
+        buttons = qt.QWidget()
+        buttons.setLayout(qt.QHBoxLayout())
+        self.approveButton, self.rejectButton = qt.QPushButton(), qt.QPushButton()
+        for button, handler, text, tip in (
+                (self.approveButton, self.onApprove, "Approve...", "Approve the selected version (e.g. held) and activate it"),
+                (self.rejectButton, self.onReject, "Reject...", "Reject the selected version; it stays inactive")):
+            button.text, button.toolTip = text, tip
+            buttons.layout().addWidget(button)
+            button.connect("clicked(bool)", handler)
+        self.ui.modelCollapsibleButton.layout().addWidget(buttons)
+        self.gateLabel = qt.QLabel()
+        self.gateLabel.wordWrap = True
+        self.gateTableView = slicer.qMRMLTableView()
+        self.gateTableView.setMRMLScene(slicer.mrmlScene)
+        self.gateTableView.visible = False
+        self.ui.resultsCollapsibleButton.layout().addRow(self.gateLabel)
+        self.ui.resultsCollapsibleButton.layout().addRow(self.gateTableView)
+
+    def showGate(self, outcome: dict | None) -> None:
+        """The gate verdict of the version an adapt job made: per-site table and the error-bar plot."""
+        self.gateTableView.visible = outcome is not None
+        if outcome is None:
+            self.gateLabel.text = ""
+            return
+        self.gateLabel.text = "\n".join([outcome["summary"], *(f"Power warning: {w}" for w in outcome.get("warnings", []))])
+        scene = slicer.mrmlScene
+        nodes = [scene.GetFirstNodeByName(f"DAKR gate {part}") or scene.AddNewNodeByClass(kind, f"DAKR gate {part}")
+                 for kind, part in (
+            ("vtkMRMLTableNode", "verdict"), ("vtkMRMLTableNode", "changes"), ("vtkMRMLTableNode", "intervals"),
+            ("vtkMRMLPlotChartNode", "chart"))]
+        gate.fill_verdict_table(nodes[0], outcome)
+        gate.fill_error_bar_plot(scene, nodes[3], nodes[1], nodes[2], outcome)
+        self.gateTableView.setMRMLTableNode(nodes[0])
+        slicer.modules.plots.logic().ShowChartInLayout(nodes[3])
+
+    def onApprove(self) -> None:
+        self.signOff("approve", gate.approve)
+
+    def onReject(self) -> None:
+        self.signOff("reject", gate.reject)
+
+    def signOff(self, action: str, send) -> None:
+        """Ask for the reason, send the approval or rejection of the selected version, refresh."""
+        row = self.ui.versionsTableWidget.currentRow()
+        if row < 0:
+            slicer.util.errorDisplay(f"Select the version to {action} in the versions table first.")
+            return
+        version = int(self.models[row]["id"])
+        reason = qt.QInputDialog.getText(self.parent, f"{action.capitalize()} v{version}",
+                                         "Reason (kept for good in the version's change record):")
+        if not reason or not reason.strip():
+            return
+        session = self.logic.requireSession()
+
+        def signAndRefresh(control: TaskControl) -> dict:
+            send(session.client, version, reason)
+            return session.fetch_overview()
+
+        def refreshed(overview: dict) -> None:
+            self.showModels(overview["models"])
+            self.showSites(overview["sites"])
+
+        self.runInBackground(action, signAndRefresh, refreshed, f"Cannot {action} v{version}.")
 
     # -- results ----------------------------------------------------------------------------------
     def selectedVersions(self) -> tuple[int, int]:
@@ -1084,6 +1154,8 @@ class DAKRSegmentationTest(ScriptedLoadableModuleTest):
                 monitor = logic.startAdapt(site, "dakr", AdaptSettings(epochs=1, buffer_samples=8, extra=TINY_TRAINING))
                 update = monitor.wait(timeout_s=600, on_update=lambda u: logging.info(u.status_text))
                 self.assertEqual(update.state, "succeeded", update.error)
+            # One audit case per site cannot show non-inferiority: the gate may hold v2, a reviewer signs it off.
+            gate.approve(session.client, 2, "tiny self-test model, signed off by the self-test")
 
             models = session.client.models()
             before, after = session.default_versions(models)

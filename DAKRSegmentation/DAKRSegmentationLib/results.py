@@ -127,6 +127,15 @@ def fill_results_table(table_node: "slicer.vtkMRMLTableNode", comparison: Versio
     table_node.SetLocked(True)
 
 
+def remove_plot_series(scene: "slicer.vtkMRMLScene", chart: "slicer.vtkMRMLPlotChartNode") -> None:
+    """Take every series off ``chart`` and out of the scene (before the chart is drawn again)."""
+    for index in reversed(range(chart.GetNumberOfPlotSeriesNodes())):
+        old = chart.GetNthPlotSeriesNode(index)
+        chart.RemoveNthPlotSeriesNodeID(index)
+        if old is not None:
+            scene.RemoveNode(old)
+
+
 def fill_dice_plot(scene: "slicer.vtkMRMLScene", chart: "slicer.vtkMRMLPlotChartNode", table_node: "slicer.vtkMRMLTableNode",
                    matrix: dict[str, Any], models: list[dict[str, Any]], version: int) -> None:
     """Plot each site's Dice along the lineage of ``version`` (x: version id, one line per site)."""
@@ -136,11 +145,7 @@ def fill_dice_plot(scene: "slicer.vtkMRMLScene", chart: "slicer.vtkMRMLPlotChart
     for site in matrix["sites"]:
         _column(table, site, [_dice(matrix, v, site) for v in chain], numeric=True)
     table_node.SetAndObserveTable(table)
-    for index in reversed(range(chart.GetNumberOfPlotSeriesNodes())):
-        old = chart.GetNthPlotSeriesNode(index)
-        chart.RemoveNthPlotSeriesNodeID(index)
-        if old is not None:
-            scene.RemoveNode(old)
+    remove_plot_series(scene, chart)
     for index, site in enumerate(matrix["sites"]):
         series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"Dice {site}")
         series.SetAndObserveTableNodeID(table_node.GetID())

@@ -17,7 +17,7 @@ import vtk
 
 import slicer_gui_doubles as doubles
 from conftest import REPO
-from DAKRSegmentationLib import audit, mrmlio, results
+from DAKRSegmentationLib import audit, gate, mrmlio, results
 from DAKRSegmentationLib.backend import LocalBackend
 from DAKRSegmentationLib.client import BackendError
 from DAKRSegmentationLib.session import AdaptSettings, Session
@@ -87,7 +87,15 @@ def test_scene_to_backend_to_audit(scene, local_backend: LocalBackend, tmp_path:
         monitor = session.start_adapt(site, "dakr", AdaptSettings(epochs=1, buffer_samples=8, extra=TINY_TRAINING))
         update = monitor.wait(timeout_s=600, interval_s=0.5)
         assert update.state == "succeeded", "\n".join([str(update.error)] + session.client.job_log(monitor.job_id, 40))
-        assert update.result == {"version": site_index + 1} or update.result["version"] == site_index + 1
+        assert update.result["version"] == site_index + 1
+        outcome = update.result["gate"]
+
+    # The gate judged v2 against v1 on SiteA's audit cases; whatever it said, a reviewer signs it off.
+    assert outcome["version"] == 2 and outcome["verdict"] in ("accepted", "held")
+    if outcome["verdict"] == "held":
+        assert "SiteA" in outcome["failing_sites"] and not outcome["activated"]
+    approved = gate.approve(session.client, 2, "tiny test model, reviewed by the end-to-end test")
+    assert approved["active"] and approved["status"] == "approved"
 
     # the stored image of a case is the scene volume: same voxels, same RAS geometry
     stored = session.client.download_case_file("SiteA", "SiteA-0", "image", tmp_path / "a0.nii.gz")

@@ -358,7 +358,10 @@ def build_base(spec: BaseSpec) -> None:
         store.add_site(folder.name, discover_site(folder), audit_fraction=spec.audit_fraction, seed=spec.split_seed)
         carve_validation(store, folder.name, spec.validation_fraction, spec.split_seed)
     first = Path(spec.site_dirs[0]).name
-    adapt(store, first, strategy=BASE_STRATEGY, overrides=spec.overrides, progress=_StepTimer("base", 0), evaluate=spec.split == "audit")
+    adapt(
+        store, first, strategy=BASE_STRATEGY, overrides=spec.overrides, progress=_StepTimer("base", 0),
+        evaluate=spec.split == "audit", activate="always",
+    )
 
 
 def run_chain(spec: RunSpec) -> dict[str, Any]:
@@ -379,7 +382,10 @@ def run_chain(spec: RunSpec) -> dict[str, Any]:
     device = default_device()
     started = time.perf_counter()
     for site in spec.sites[1:]:
-        adapt(store, site, strategy=spec.strategy, overrides=spec.overrides, progress=timer, evaluate=spec.split == "audit")
+        adapt(
+            store, site, strategy=spec.strategy, overrides=spec.overrides, progress=timer,
+            evaluate=spec.split == "audit", activate="always",
+        )
     chain = lineage(store, store.active_version())
     cases, case_dice = chain_case_dice(store, [v.id for v in chain], spec.sites, spec.split, device)
     matrix = [[_nanmean(site) for site in stage] for stage in case_dice]

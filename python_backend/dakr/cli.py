@@ -9,6 +9,7 @@ answer at once. Each verb group registers itself in one small ``add_*_verbs`` fu
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Callable, Sequence
 from dakr import __version__
 from dakr.cli_shift import add_learning_curve_verb, add_shift_verbs
 from dakr.continual.strategy_names import STRATEGY_NAMES
+from dakr.governance.verbs import add_activate_option, add_verbs as add_governance_verbs
 from dakr.shipped_configs import benchmark_config_names
 from dakr.stage_config import CONFIG_RULE
 
@@ -104,6 +106,9 @@ def cmd_site_add(args: argparse.Namespace) -> int:
         from dakr.shift import check_site, format_check
 
         print(format_check(check_site(store, info.name, progress=ConsoleProgress())))
+    from dakr.governance.commands import print_audit_advice
+
+    print_audit_advice(store, info.n_train + info.n_audit)
     return 0
 
 
@@ -173,6 +178,7 @@ def _adapt(args: argparse.Namespace) -> int:
             work_dir=args.work_dir,
             resume=args.resume,
             device=init_from_environment(),
+            activate=args.activate,
         )
     except TrainingCancelled as exc:
         raise UsageError(str(exc)) from exc
@@ -181,10 +187,12 @@ def _adapt(args: argparse.Namespace) -> int:
     finally:
         shutdown()
     if version is not None:
-        from dakr.store.runs import activation_summary
+        from dakr.governance.commands import print_gate
+        from dakr.governance.decisions import activation_outcome
 
-        print(activation_summary(store, version))
+        print(activation_outcome(store, version))
         _print_matrix(store)
+        print_gate(store, version.id)
     return 0
 
 
@@ -250,6 +258,7 @@ def add_training_verbs(verbs: Verbs) -> None:
         help="continue the job whose checkpoint is in --work-dir, from the parent version it recorded",
     )
     sub.add_argument("--nproc", type=int, default=1, help="processes for distributed data-parallel training (torchrun)")
+    add_activate_option(sub)
     _add_threads_option(sub)
 
     sub = _verb(verbs, "evaluate", cmd_evaluate, "evaluate versions on every site's audit cases and print the Dice table (points)")
@@ -279,20 +288,27 @@ def add_training_verbs(verbs: Verbs) -> None:
 
 # -- model versions ------------------------------------------------------------------------------
 def cmd_models(args: argparse.Namespace) -> int:
-    versions = _store(args.store).versions()
+    from dakr.governance.decisions import statuses
+
+    store = _store(args.store)
+    versions = store.versions()
     if not versions:
         print("no model versions yet")
         return 0
+    status = statuses(store)
     width = max(len("site"), *(len(v.site) for v in versions)) + 2
-    print(f"{'':2}{'version':<9}{'parent':<8}{'site':<{width}}{'strategy':<12}created")
+    print(f"{'':2}{'version':<9}{'parent':<8}{'site':<{width}}{'strategy':<12}{'status':<20}created")
     for v in versions:
         parent = "-" if v.parent is None else str(v.parent)
-        print(f"{'*' if v.active else '':2}{v.id:<9}{parent:<8}{v.site:<{width}}{v.strategy:<12}{v.created}")
+        state = status[v.id] + (" active" if v.active else "")
+        print(f"{'*' if v.active else '':2}{v.id:<9}{parent:<8}{v.site:<{width}}{v.strategy:<12}{state:<20}{v.created}")
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    version = _store(args.store).activate(args.version)
+    from dakr.governance.decisions import activate_checked
+
+    version = activate_checked(_store(args.store), args.version)
     print(f"version {version.id} ({version.strategy} on {version.site}) is now active")
     return 0
 
@@ -328,10 +344,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_model_verbs(verbs: Verbs) -> None:
     """``models``, ``rollback``, ``predict`` and ``report``."""
-    sub = _verb(verbs, "models", cmd_models, "list model versions with their lineage (* = active)")
+    sub = _verb(verbs, "models", cmd_models, "list model versions with their lineage and gate status (* = active)")
     sub.add_argument("store")
+    add_governance_verbs(functools.partial(_verb, verbs))
 
-    sub = _verb(verbs, "rollback", cmd_rollback, "make an earlier version the active one")
+    sub = _verb(verbs, "rollback", cmd_rollback, "make an earlier version the active one (held or rejected ones need approval)")
     sub.add_argument("store")
     sub.add_argument("version", type=int)
 

@@ -32,6 +32,8 @@ def launch(args: argparse.Namespace) -> int:
         command.append("--resume")
     if args.threads is not None:
         command += ["--threads", str(args.threads)]
+    if args.activate:
+        command += ["--activate", args.activate]
     return subprocess.call(command)
 
 

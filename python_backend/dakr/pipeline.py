@@ -3,8 +3,9 @@
 These functions are what the CLI, the worker processes of the HTTP service and the benchmark
 call. ``adapt`` implements the data flow of "Adapt to new site": load the active version, its
 buffer and the new site's training cases, train one stage with a strategy, update the buffer,
-register the new version, evaluate it and its parent on every site's audit cases, and activate
-it if the active version is still its parent.
+register the new version, evaluate it and its parent on every site's audit cases, apply the
+acceptance policy (:mod:`dakr.governance`) and activate it if the gate allows and the active
+version is still its parent.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +30,8 @@ from dakr.data.io import read_image
 from dakr.data.preprocessing import PreprocessedCase, check_prediction_grid, preprocess_case
 from dakr.data.sampling import PatchSampler
 from dakr.evaluation.metrics import dice_per_class, hd95_per_class
+from dakr.governance.decisions import activation_outcome, gate_new_version
+from dakr.governance.provenance import collect_provenance
 from dakr.inference import default_device, predict_volume
 from dakr.nets.factory import build_network
 from dakr.progress import ProgressCallback, ProgressEvent, null_progress
@@ -147,7 +151,7 @@ def adapt(
     resume: bool = False,
     should_stop: Callable[[], bool] | None = None,
     device: torch.device | None = None,
-    activate: bool = True,
+    activate: str | None = None,
     job_id: str | None = None,
     train_case_ids: set[str] | None = None,
     evaluate: bool = True,
@@ -159,11 +163,16 @@ def adapt(
     to the store). Raises :class:`~dakr.training.TrainingCancelled` when ``should_stop`` fires.
     The checkpoints in ``work_dir`` record the job (``job_id`` for a service job); with
     ``resume=True`` the run continues from its checkpoint and its recorded parent, or finishes
-    the version it already stored (:mod:`dakr.resume`). The new version is activated only if
-    the active version is still its parent (:func:`~dakr.store.runs.activate_if_parent_still_active`).
+    the version it already stored (:mod:`dakr.resume`).
+    The gate (:func:`~dakr.governance.decisions.gate_new_version`) decides activation: by the
+    store's policy when ``activate`` is ``None``, else ``"never"``, ``"if-accepted"`` or
+    ``"always"`` (recorded as an override if held); without the audit evaluation there is no gate
+    and only ``"always"`` activates. Either way the version is activated only if the active
+    version is still its parent (:func:`~dakr.store.runs.activate_if_parent_still_active`).
     ``train_case_ids`` trains on only these training cases of ``site`` (e.g. the first k cases
     of a labelling order).
     """
+    started = time.perf_counter()
     site_info = store.site(site)
     if site_info.purged:
         raise StoreError(f"site {site!r} was purged; its images are gone. Fix: register the site again under a new name")
@@ -195,11 +204,20 @@ def adapt(
         return None
     if work_dir is not None:
         mark_done(work_dir, run, version_id)
-    for evaluated in [version_id, *[v.id for v in chain[:1]], *([parent.id] if parent else [])] if evaluate else []:
+    if not evaluate:
+        if activate == "always":
+            progress(ProgressEvent(stage="activate", message=activate_if_parent_still_active(store, version_id, run.parent).message))
+        return store.version(version_id)
+    for evaluated in [version_id, *[v.id for v in chain[:1]], *([parent.id] if parent else [])]:
         evaluate_version(store, evaluated, progress=progress, only_missing=True, device=device)
-    if activate:
-        progress(ProgressEvent(stage="activate", message=activate_if_parent_still_active(store, version_id, run.parent).message))
-    return store.version(version_id)
+    past_sites = list(dict.fromkeys(v.site for v in chain))
+    train_sites = strategy_cls(config).training_sites(site, past_sites)
+    provenance = collect_provenance(store, version_id, train_sites, device, time.perf_counter() - started)
+    decision = gate_new_version(store, store.version(version_id), past_sites, activate, provenance)
+    progress(ProgressEvent(stage="gate", message=decision.summary()))
+    version = store.version(version_id)
+    progress(ProgressEvent(stage="activate", message=activation_outcome(store, version)))
+    return version
 
 
 def _train_and_store(

@@ -18,7 +18,7 @@ def test_adapt_chain_records_versions_rows_and_buffer(registered_store):
     assert base.parent is None and base.active
     # The base model is evaluated on every registered site (zero-shot reference for FWT).
     assert all(store.site_dice(base.id, s.name) is not None for s in store.sites())
-    second = adapt(store, "siteB", strategy="dakr", overrides=TINY_OVERRIDES)
+    second = adapt(store, "siteB", strategy="dakr", overrides=TINY_OVERRIDES, activate="always")
     assert second.parent == base.id and store.active_version().id == second.id
     assert [v.id for v in lineage(store, second)] == [base.id, second.id]
     for version in (base, second):

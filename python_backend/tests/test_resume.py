@@ -13,7 +13,8 @@ from dakr.resume import ResumeError, read_saved_run
 from dakr.service.job_files import WORK_DIR
 from dakr.service.worker import worker_main
 from dakr.store import StoreError
-from dakr.store.runs import activate_if_parent_still_active, activation_summary, recorded_activation
+from dakr.governance.decisions import activation_outcome, gate_result
+from dakr.store.runs import activate_if_parent_still_active, recorded_activation
 from dakr.training import TrainingCancelled
 from dakr.training.checkpoint import checkpoint_file, read_checkpoint, write_checkpoint
 
@@ -47,19 +48,25 @@ def tiny_version(store, parent, run_id=None):
 def test_resume_after_rollback_records_the_true_parent_and_keeps_the_rollback(registered_store, tmp_path):
     store, work = registered_store, tmp_path / "work"
     v1 = adapt(store, "siteA", strategy="finetune", overrides=TINY_OVERRIDES)
-    v2 = adapt(store, "siteB", strategy="finetune", overrides=TINY_OVERRIDES)
+    v2 = adapt(store, "siteB", strategy="finetune", overrides=TINY_OVERRIDES, activate="always")
     interrupted_run(store, "siteC", work)
     store.activate(v1.id)
     events = []
-    v3 = adapt(store, "siteC", strategy="finetune", overrides=LONGER, work_dir=work, resume=True, progress=events.append)
+    v3 = adapt(
+        store, "siteC", strategy="finetune", overrides=LONGER, work_dir=work, resume=True, progress=events.append,
+        activate="always",
+    )
     assert v3.parent == v2.id, "the resumed run trained from v2, so v2 is its parent"
     assert [v.id for v in lineage(store, v3)] == [v1.id, v2.id, v3.id]
     assert store.active_version().id == v1.id and not v3.active, "the rollback made during the run is kept"
     decision = recorded_activation(store, v3.id)
     assert not decision.activated and decision.active == v1.id
     note = [e.message for e in events if e.stage == "activate"][-1]
-    assert "NOT activated" in note and f"changed to {v1.id}" in note and f"rollback STORE {v3.id}" in note
-    assert activation_summary(store, v3) == note
+    assert "NOT activated" in note and f"changed to {v1.id}" in note and note == activation_outcome(store, v3)
+    gate = gate_result(store, v3.id)
+    assert not gate.activated and gate.superseded == v1.id and not gate.override
+    # A held version needs an approval; an accepted one can simply be rolled back to.
+    assert f"{'approve' if gate.verdict == 'held' else 'rollback'} STORE {v3.id}" in note
     assert store.site_dice(v3.id, "siteC") is not None, "the inactive version is still evaluated"
 
 
@@ -85,11 +92,14 @@ def test_a_run_killed_between_store_and_activate_finishes_the_same_version(regis
     with monkeypatch.context() as patch:
         patch.setattr(pipeline, failing_step, lambda *args, **kwargs: (_ for _ in ()).throw(OSError("killed")))
         with pytest.raises(OSError, match="killed"):
-            adapt(store, "siteB", strategy="finetune", overrides=TINY_OVERRIDES, work_dir=work)
+            adapt(store, "siteB", strategy="finetune", overrides=TINY_OVERRIDES, work_dir=work, activate="always")
     orphan = store.versions()[-1]
     assert orphan.id == v1.id + 1 and not orphan.active and store.active_version().id == v1.id
     events = []
-    finished = adapt(store, "siteB", strategy="finetune", overrides=TINY_OVERRIDES, work_dir=work, resume=True, progress=events.append)
+    finished = adapt(
+        store, "siteB", strategy="finetune", overrides=TINY_OVERRIDES, work_dir=work, resume=True, progress=events.append,
+        activate="always",
+    )
     assert finished.id == orphan.id and finished.active and finished.parent == v1.id
     assert [v.id for v in store.versions()] == [v1.id, orphan.id], "no second version"
     assert not any(e.stage == "train" for e in events), "the stored version is finished, not trained again"

@@ -98,11 +98,15 @@ def test_register_adapt_follow_matrix_rollback_predict(tmp_path: Path) -> None:
         events = follow_events(client, first.json()["job_id"])
         steps = [event["step"] for event in events if event["stage"] == "train"]
         assert steps == [1, 2, 3] and "evaluate" in {event["stage"] for event in events}
-        assert client.get(f"/jobs/{first.json()['job_id']}").json()["result"]["version"] == 1
+        result = client.get(f"/jobs/{first.json()['job_id']}").json()["result"]
+        assert result["version"] == 1 and result["gate"]["verdict"] == "accepted" and result["gate"]["activated"]
 
-        second = client.post("/jobs", json={"kind": "adapt", "site": "B", "config": {**TINY_CONFIG, "train.steps_per_epoch": 2}})
+        # One audit case per site cannot show non-inferiority: "always" activates it as a recorded override.
+        config = {**TINY_CONFIG, "train.steps_per_epoch": 2}
+        second = client.post("/jobs", json={"kind": "adapt", "site": "B", "config": config, "activate": "always"})
         job = wait_until_final(client, second.json()["job_id"])
         assert job["state"] == "succeeded" and job["result"]["version"] == 2 and job["result"]["active"], job
+        assert job["result"]["gate"]["verdict"] == "held" and job["result"]["gate"]["override"], job
 
         matrix = client.get("/evaluation/matrix").json()
         assert (matrix["versions"], matrix["sites"]) == ([1, 2], ["A", "B"])
@@ -157,6 +161,7 @@ def test_server_killed_mid_training_restarts_with_the_job_interrupted_and_resume
         job = wait_until_final(client, job_id)
         assert job["state"] == "succeeded", (job, client.get(f"/jobs/{job_id}/log").json())
         assert job["result"]["version"] == 1 and job["result"]["active"]
+        assert job["result"]["gate"]["verdict"] == "accepted"
         assert client.get("/info").json()["active_version"] == 1
 
 

@@ -64,8 +64,10 @@ def train_steps(client: TestClient, job_id: str, since: int = 0) -> list[int]:
     return [event["step"] for event in events if event["stage"] == "train"]
 
 
-def start_adapt(client: TestClient, site: str, config: dict) -> str:
-    response = client.post(f"{API}/jobs", json={"kind": "adapt", "site": site, "strategy": "dakr", "config": config})
+def start_adapt(client: TestClient, site: str, config: dict, activate: str | None = None) -> str:
+    """Start an adapt job; ``activate="always"`` where a test is about the job, not the gate's verdict."""
+    job = {"kind": "adapt", "site": site, "strategy": "dakr", "config": config, "activate": activate}
+    response = client.post(f"{API}/jobs", json=job)
     assert response.status_code == 202, response.text
     return response.json()["job_id"]
 
@@ -79,6 +81,7 @@ def test_adapt_job_runs_in_a_worker_and_registers_a_version(client: TestClient, 
     job = wait_until_final(client, job_id)
     assert job["state"] == "succeeded", (job, client.get(f"{API}/jobs/{job_id}/log").json())
     assert job["result"]["version"] == 1 and job["result"]["active"] and "is now active" in job["result"]["activation"]
+    assert job["result"]["gate"]["verdict"] == "accepted"
     assert train_steps(client, job_id) == [1, 2, 3]
     stages = {event["stage"] for event in client.get(f"{API}/jobs/{job_id}/events").json()["events"]}
     assert {"train", "buffer", "evaluate"} <= stages
@@ -109,7 +112,7 @@ def test_evaluate_job_records_dice_on_every_site(client: TestClient, store: Stor
 @pytest.mark.slow
 def test_sigkill_mid_training_keeps_the_store_consistent_and_resume_completes(client: TestClient, store: Store) -> None:
     add_tiny_version(store, "A", None)
-    job_id = start_adapt(client, "B", {**TINY_CONFIG, "train.steps_per_epoch": 12, "train.checkpoint_every": 1})
+    job_id = start_adapt(client, "B", {**TINY_CONFIG, "train.steps_per_epoch": 12, "train.checkpoint_every": 1}, activate="always")
     wait_for_train_step(client, job_id, 3)
     os.killpg(store.job(job_id).pid, signal.SIGKILL)
     job = wait_for(lambda: (j := job_state(client, job_id))["state"] == "interrupted" and j, 15, "interrupted")
@@ -127,7 +130,8 @@ def test_sigkill_mid_training_keeps_the_store_consistent_and_resume_completes(cl
     assert resumed.status_code == 202 and resumed.json()["state"] in ("queued", "running")
     job = wait_until_final(client, job_id)
     assert job["state"] == "succeeded", (job, client.get(f"{API}/jobs/{job_id}/log").json())
-    assert job["result"]["version"] == 2 and job["result"]["active"] and job["error"] is None
+    assert job["result"]["version"] == 2 and job["result"]["active"] and job["result"]["gate"]["activated"]
+    assert job["error"] is None
     after = train_steps(client, job_id, since=events_before)
     assert after[0] >= killed_at and after[-1] == 12, after
     assert store.version(2).parent == 1
@@ -137,7 +141,7 @@ def test_sigkill_mid_training_keeps_the_store_consistent_and_resume_completes(cl
 @pytest.mark.slow
 def test_cancel_checkpoints_and_resume_finishes(client: TestClient, store: Store) -> None:
     add_tiny_version(store, "A", None)
-    job_id = start_adapt(client, "B", {**TINY_CONFIG, "train.steps_per_epoch": 12, "train.checkpoint_every": 0})
+    job_id = start_adapt(client, "B", {**TINY_CONFIG, "train.steps_per_epoch": 12, "train.checkpoint_every": 0}, activate="always")
     wait_for_train_step(client, job_id, 2)
     assert client.post(f"{API}/jobs/{job_id}/cancel").status_code == 200
     job = wait_until_final(client, job_id, timeout_s=30)

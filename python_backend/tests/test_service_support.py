@@ -112,13 +112,16 @@ def tiny_config() -> ExperimentConfig:
     return apply_overrides(ExperimentConfig(), TINY_CONFIG)
 
 
-def add_tiny_version(store: Store, site: str, parent: int | None, seed: int = 0, overrides: dict[str, Any] | None = None) -> VersionInfo:
+def add_tiny_version(
+    store: Store, site: str, parent: int | None, seed: int = 0, overrides: dict[str, Any] | None = None, activate: bool = True
+) -> VersionInfo:
     """A model version of an untrained tiny network (``overrides`` on the tiny config), stored as the pipeline stores them."""
     config = apply_overrides(tiny_config(), overrides or {})
     network = build_network(config.net, len(LABELS))
     tensors = {NETWORK_PREFIX + name: value.detach().clone() for name, value in network.state_dict().items()}
     return store.add_version(
-        parent=parent, site=site, strategy="dakr", config=config.to_dict(), seed=seed, tensors=tensors, buffer=None
+        parent=parent, site=site, strategy="dakr", config=config.to_dict(), seed=seed, tensors=tensors, buffer=None,
+        activate=activate,
     )
 
 

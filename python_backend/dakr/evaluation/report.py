@@ -35,6 +35,9 @@ from dakr.evaluation.plots import (
     save_heatmap,
     save_summary_figure,
 )
+from dakr.governance.decisions import gate_result, signoffs, statuses
+from dakr.governance.display import change_text
+from dakr.governance.policy import current_policy
 from dakr.pipeline import audit_prediction, lineage
 from dakr.store import SiteInfo, Store, VersionInfo
 
@@ -112,6 +115,7 @@ def write_report(store: Store, out_dir: Path, *, cases_per_site: int = 2) -> Pat
         _class_section(context),
         audit_html,
         _lineage_section(context),
+        _change_control_section(context),
     ]
     save_summary_figure(
         out_dir / SUMMARY_FIGURE, context.dice, _version_labels(context), context.site_names, summary_case,
@@ -413,6 +417,45 @@ def _lineage_section(context: _Context) -> str:
         for version in context.versions
     ]
     return _section("lineage", title, _table("lineage", header, rows))
+
+
+def _change_control_section(context: _Context) -> str:
+    """Every version's gate verdict with its per-site checks, power warnings and sign-offs."""
+    title = "Change control: gate verdicts and sign-offs"
+    stored = current_policy(context.store)
+    origin = "defaults" if stored.id is None else f"version {stored.id}"
+    policy = ", ".join(f"{key} = {value}" for key, value in stored.policy.to_dict().items())
+    body = (
+        f"<p>Acceptance policy in force ({_text(origin)}): <code>{_text(policy)}</code>. On every past site the "
+        "mean paired per-case Dice change (new − parent, points) must have its one-sided lower confidence bound "
+        "(seeded paired bootstrap over the audit cases) above −margin; the interval shown is the two-sided "
+        "interval whose lower end is that bound. Held versions are not activated until approved.</p>"
+    )
+    status = statuses(context.store)
+    header = ["site", "role", "parent Dice", "new Dice", "mean change [interval] (n)", "margin", "verdict", "reasons"]
+    for version in context.versions:
+        result = gate_result(context.store, version.id)
+        heading = f"v{version.id} ({version.strategy} on {version.site}): {status[version.id]}"
+        if result is None:
+            body += f"<h3>{_text(heading)}</h3><p>Made before change control: no gate decision.</p>"
+            continue
+        rows = [
+            [check.site, check.role, _points(check.parent_dice), _points(check.new_dice),
+             change_text(check), MISSING if check.margin is None else f"−{check.margin:g}", check.verdict,
+             "; ".join(check.reasons)]
+            for check in result.sites
+        ]
+        body += f"<h3>{_text(heading)}</h3><p>{_text(result.summary())}</p>"
+        body += _table(f"gate-v{version.id}", header, rows)
+        body += "".join(f'<p class="note">Power warning: {_text(warning)}</p>' for warning in result.warnings)
+        for signoff in signoffs(context.store, version.id):
+            line = f"{signoff.action.capitalize()} by {signoff.by or 'unnamed'} on {_created(signoff.created)}: {signoff.reason}"
+            body += f"<p>{_text(line)}</p>"
+    return _section("change-control", title, body)
+
+
+def _points(points: float | None) -> str:
+    return format_dice_points(None if points is None else points / 100.0)
 
 
 def _created(created: str) -> str:

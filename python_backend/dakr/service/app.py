@@ -20,7 +20,15 @@ from starlette.exceptions import HTTPException
 from dakr import __version__
 from dakr.config import ConfigError
 from dakr.data.errors import DataError, ImageGridError, SiteValidationError
-from dakr.service import routes_audit, routes_info, routes_jobs, routes_models, routes_shift, routes_sites
+from dakr.service import (
+    routes_audit,
+    routes_governance,
+    routes_info,
+    routes_jobs,
+    routes_models,
+    routes_shift,
+    routes_sites,
+)
 from dakr.service.context import ServiceContext, clean_temp_area, public_message
 from dakr.service.docs import add_offline_docs
 from dakr.service.failures import storage_failure
@@ -114,7 +122,7 @@ def create_app(
         )
     app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts, allowed_origins=origins)
     app.state.context = ServiceContext(store=store, runner=runner, loopback=loopback)
-    for module in (routes_info, routes_sites, routes_jobs, routes_models, routes_audit, routes_shift):
+    for module in (routes_info, routes_sites, routes_jobs, routes_models, routes_governance, routes_audit, routes_shift):
         app.include_router(module.router, prefix=API_PREFIX, responses=_INVALID_REQUEST)
     _install_error_handlers(app)
     return app

@@ -59,7 +59,13 @@ def start_job(request: AdaptJobIn, context: ServiceContext = Depends(get_context
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, f"site {site.name!r} was purged; register its data again under a new name"
         )
-    params = {"site": site.name, "strategy": request.strategy, "config": overrides, "threads": request.threads}
+    params = {
+        "site": site.name,
+        "strategy": request.strategy,
+        "config": overrides,
+        "threads": request.threads,
+        "activate": request.activate,
+    }
     job = context.runner.submit("adapt", params)
     return JobCreatedOut(job_id=job.id)
 

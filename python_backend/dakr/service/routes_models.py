@@ -7,29 +7,31 @@ import zipfile
 from dataclasses import asdict
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile, status
+from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile, status
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from dakr.data.io import write_image
 from dakr.data.site import case_id_from_image
+from dakr.governance.decisions import activate_checked, statuses, version_status
 from dakr.service.context import ServiceContext, get_context, temp_folder, version_or_404, version_or_active
 from dakr.service.schemas import ActiveOrVersion, ErrorOut, JobCreatedOut, MatrixOut, ModelOut, VersionPath
 from dakr.service.security import safe_name
 from dakr.service.uploads import FORMAT_SUFFIXES, check_volume, read_uploaded_volume
 from dakr.shift import predict_with_shift
-from dakr.store import VersionInfo
+from dakr.store import StoreError, VersionInfo
 from dakr.store.files import CONFIG_FILE, WEIGHTS_FILE
 
 router = APIRouter(tags=["models"])
 _NOT_FOUND = {404: {"model": ErrorOut, "description": "unknown model version"}}
 
 
-def model_out(version: VersionInfo, dice: dict[str, float]) -> ModelOut:
-    return ModelOut(**asdict(version), dice=dice)
+def model_out(version: VersionInfo, dice: dict[str, float], status: str) -> ModelOut:
+    return ModelOut(**asdict(version), dice=dice, status=status)
 
 
-def _dice_by_version(context: ServiceContext) -> dict[int, dict[str, float]]:
+def dice_by_version(context: ServiceContext) -> dict[int, dict[str, float]]:
+    """Version id -> {site: mean foreground Dice} of every evaluated pair."""
     versions, sites, matrix = context.store.dice_matrix()
     return {
         version: {site: value for site, value in zip(sites, row) if value is not None}
@@ -39,20 +41,23 @@ def _dice_by_version(context: ServiceContext) -> dict[int, dict[str, float]]:
 
 @router.get("/models", response_model=list[ModelOut], summary="All model versions with their per-site Dice")
 def list_models(context: ServiceContext = Depends(get_context)) -> list[ModelOut]:
-    dice = _dice_by_version(context)
-    return [model_out(version, dice.get(version.id, {})) for version in context.store.versions()]
+    dice, status = dice_by_version(context), statuses(context.store)
+    return [model_out(version, dice.get(version.id, {}), status[version.id]) for version in context.store.versions()]
 
 
 @router.post(
     "/models/{version_id}/activate",
     response_model=ModelOut,
-    responses=_NOT_FOUND,
-    summary="Make a version the active one (rollback)",
+    responses={**_NOT_FOUND, 409: {"model": ErrorOut, "description": "the version is held or rejected"}},
+    summary="Make a version the active one (rollback); held or rejected versions need an approval",
 )
 def activate_model(version_id: VersionPath, context: ServiceContext = Depends(get_context)) -> ModelOut:
     version_or_404(context.store, version_id)
-    version = context.store.activate(version_id)
-    return model_out(version, _dice_by_version(context).get(version_id, {}))
+    try:
+        version = activate_checked(context.store, version_id)
+    except StoreError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    return model_out(version, dice_by_version(context).get(version_id, {}), version_status(context.store, version_id))
 
 
 @router.get(

@@ -89,6 +89,8 @@ class AdaptJobIn(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     #: torch threads of the job's worker (default: the server's cores divided among its running workers).
     threads: int | None = Field(default=None, ge=1)
+    #: Override the acceptance policy's activation for this run (``null``: by the policy).
+    activate: Literal["never", "if-accepted", "always"] | None = None
 
 
 class JobCreatedOut(BaseModel):
@@ -105,9 +107,10 @@ class JobOut(BaseModel):
     updated: str
     error: str | None
     result: dict[str, Any] | None = Field(
-        description='adapt jobs: `{"version": id, "active": bool, "activation": one line}` (a version is activated '
-        "only if the active version was still its parent; otherwise `activation` says why not and how to activate "
-        'it); evaluate jobs: `{"version": id, "dice": {site: mean foreground Dice}}` ' + DICE_UNIT
+        description='adapt jobs: `{"version": id, "active": bool, "activation": one line, "gate": {...}}` (the gate '
+        "outcome: verdict, summary, activated, failing sites, per-site checks; a version is activated only if the "
+        "gate allows it and the active version was still its parent; `activation` says what happened and how to "
+        'use an inactive version); evaluate jobs: `{"version": id, "dice": {site: mean foreground Dice}}` ' + DICE_UNIT
     )
 
 
@@ -123,6 +126,8 @@ class LogOut(BaseModel):
 
 class ModelOut(BaseModel):
     id: int
+    #: accepted, held, overridden, approved, rejected or unchecked (see ``dakr models``).
+    status: str
     parent: int | None
     site: str
     strategy: str

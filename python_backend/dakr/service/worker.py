@@ -30,6 +30,7 @@ from types import FrameType
 from typing import Any
 
 from dakr import pipeline
+from dakr.governance.decisions import activation_outcome, gate_outcome
 from dakr.progress import ConsoleProgress, JsonLinesProgress, ProgressCallback, ProgressEvent
 from dakr.resume import has_checkpoint
 from dakr.service import processes
@@ -37,7 +38,6 @@ from dakr.service.failures import EXIT_STORAGE_FAILED, storage_failure
 from dakr.service.job_files import ATTEMPTS_FILE, EVENTS_FILE, WORK_DIR
 from dakr.store import JobRecord, Store, StoreError
 from dakr.store.lock import StoreBusy
-from dakr.store.runs import activation_summary
 from dakr.threads import use_torch_threads
 from dakr.training import TrainingCancelled
 
@@ -163,8 +163,14 @@ def _run(
             resume=resume,
             should_stop=stop.is_set,
             job_id=job.id,
+            activate=params.get("activate"),
         )
-        return {"version": version.id, "active": version.active, "activation": activation_summary(store, version)}
+        return {
+            "version": version.id,
+            "active": version.active,
+            "activation": activation_outcome(store, version),
+            "gate": gate_outcome(store, version.id),
+        }
     if job.kind == "evaluate":
         dice = pipeline.evaluate_version(store, params["version"], progress=progress)
         return {"version": params["version"], "dice": {site: value for site, value in dice.items() if value is not None}}

@@ -106,7 +106,7 @@ def _learn_past(args: tuple[LearningCurveConfig, list[str], int, str]) -> dict[s
         store.add_site(Path(site_dir).name, discover_site(site_dir), audit_fraction=config.audit_fraction, seed=seed)
     *past, new = [Path(p).name for p in site_dirs]
     for site in past:
-        adapt(store, site, strategy=config.strategy, overrides=overrides)
+        adapt(store, site, strategy=config.strategy, overrides=overrides, activate="always")
     pool = store.cases(new, "train")
     ranked = [Path(r.path) for r in rank_images(store, [c.image_path for c in pool], seed=seed)]
     by_path = {c.image_path: c.case_id for c in pool}
@@ -124,7 +124,8 @@ def _adapt_subset(args: tuple[LearningCurveConfig, dict[str, Any], int, str, int
     store = Store.open(folder)
     chosen = past["orders"][selection][:k]
     version = adapt(
-        store, past["new_site"], strategy=config.strategy, overrides={**config.overrides, "train.seed": seed}, train_case_ids=set(chosen)
+        store, past["new_site"], strategy=config.strategy, overrides={**config.overrides, "train.seed": seed}, train_case_ids=set(chosen),
+        activate="always",
     )
     background = {name for name, value in store.label_names.items() if value == 0}
     per_case = {
