@@ -277,8 +277,8 @@ def test_buffer_only_cna_aligns_buffered_samples_and_skips_the_previous_network_
 
 @pytest.mark.slow
 def test_the_mapping_block_is_saved_and_restored_through_adapt(registered_store, monkeypatch):
-    adapt(registered_store, "siteA", strategy="dakr", overrides=TINY_OVERRIDES)
-    parent = adapt(registered_store, "siteB", strategy="dakr", overrides=TINY_OVERRIDES)
+    adapt(registered_store, "siteA", strategy="dakr", overrides=TINY_OVERRIDES, activate="always")
+    parent = adapt(registered_store, "siteB", strategy="dakr", overrides=TINY_OVERRIDES, activate="always")
     saved = {k[len("strategy.mapping."):]: v for k, v in registered_store.load_tensors(parent.id).items() if k.startswith("strategy.mapping.")}
     assert saved
     seen = {}

@@ -118,7 +118,8 @@ def recorded_activation(store: Store, version_id: int) -> Activation | None:
 def activation_summary(store: Store, version: VersionInfo) -> str:
     """One line for people on whether a run's ``version`` is active and, if not, why and how to use it."""
     if version.active:
-        return f"version {version.id} ({version.strategy} on {version.site}, parent {version.parent}) is now active"
+        parent = "base model (no parent)" if version.parent is None else f"parent {version.parent}"
+        return f"version {version.id} ({version.strategy} on {version.site}, {parent}) is now active"
     recorded = recorded_activation(store, version.id)
     if recorded is not None and not recorded.activated:
         return recorded.message
