@@ -12,7 +12,7 @@ from dakr.data.site import discover_site
 from dakr.governance.decisions import gate_new_version
 from dakr.service import create_app
 from dakr.store import EvaluationRecord, Store
-from test_service_support import add_tiny_version, write_site
+from test_service_support import add_tiny_version, local_client, write_site
 
 API = "/api/v1"
 TOKEN = "a-test-token-of-sufficient-length"
@@ -42,7 +42,7 @@ def held_store(tmp_path: Path) -> Store:
 
 @pytest.fixture
 def client(held_store: Store) -> Iterator[TestClient]:
-    with TestClient(create_app(held_store.path)) as test_client:
+    with local_client(create_app(held_store.path)) as test_client:
         yield test_client
 
 
@@ -79,7 +79,7 @@ def test_reject_keeps_it_inactive(client: TestClient, held_store: Store) -> None
 
 
 def test_sign_off_needs_the_token(held_store: Store) -> None:
-    with TestClient(create_app(held_store.path, token=TOKEN)) as client:
+    with local_client(create_app(held_store.path, token=TOKEN)) as client:
         assert client.post(f"{API}/models/2/approve", json={"reason": "x"}).status_code == 401
         assert client.get(f"{API}/models/2/record").status_code == 401
         headers = {"Authorization": f"Bearer {TOKEN}"}
