@@ -7,7 +7,7 @@ import sys
 import types
 
 from test_gate import OUTCOME
-from test_module_widget import MODELS_V2, Backend, backend, connect_remote, gui  # noqa: F401  (fixtures)
+from test_module_widget import MODELS_V2, Backend, backend, connect_remote, finish, gui  # noqa: F401  (fixtures)
 
 HELD_V2 = [{**MODELS_V2[0], "active": True, "status": "accepted"}, {**MODELS_V2[1], "active": False, "status": "held"}]
 
@@ -23,8 +23,10 @@ def test_held_version_is_marked_and_approved_with_a_reason(gui, backend, monkeyp
     monkeypatch.setattr(sys.modules["qt"], "QInputDialog", dialog, raising=False)
     table.selectRow(1)
     gui.widget.approveButton.click()
+    finish(gui)
     assert backend.requests("POST", "/models/2/approve") == [], "no reason, nothing sent"
     gui.widget.approveButton.click()
+    finish(gui)
     [request] = backend.requests("POST", "/models/2/approve")
     assert json.loads(request.body) == {"reason": "site A retired", "by": None}
     assert gui.env.dialogs.errors == []
