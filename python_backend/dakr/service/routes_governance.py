@@ -62,7 +62,9 @@ _SIGNOFF_ERRORS = {
     responses=_SIGNOFF_ERRORS,
     summary="Approve a version (e.g. one held by the gate) and activate it; the reason is recorded",
 )
-def approve_model(version_id: VersionPath, signoff: SignoffIn, context: ServiceContext = Depends(get_context)) -> ModelOut:
+def approve_model(
+    version_id: VersionPath, signoff: SignoffIn, context: ServiceContext = Depends(get_context)
+) -> ModelOut:
     return _sign_off(context, version_id, signoff, approve)
 
 
@@ -72,7 +74,9 @@ def approve_model(version_id: VersionPath, signoff: SignoffIn, context: ServiceC
     responses=_SIGNOFF_ERRORS,
     summary="Reject a version; it stays inactive unless approved later; the reason is recorded",
 )
-def reject_model(version_id: VersionPath, signoff: SignoffIn, context: ServiceContext = Depends(get_context)) -> ModelOut:
+def reject_model(
+    version_id: VersionPath, signoff: SignoffIn, context: ServiceContext = Depends(get_context)
+) -> ModelOut:
     return _sign_off(context, version_id, signoff, reject)
 
 
