@@ -348,7 +348,7 @@ def predict_image(
     Raises :class:`dakr.data.errors.ImageGridError` (naming ``source``) for an absurd spacing
     or a resampled grid over the limits, before any resampling.
     """
-    version_id = version if version is not None else _active_id(store)
+    version_id = version if version is not None else require_active_version(store).id
     model, config, values = load_version_model(store, version_id, device)
     check_prediction_grid(source, image, config.preprocess)
     return predict_volume(model, image, config, values, device or default_device())
@@ -365,8 +365,9 @@ def audit_prediction(store: Store, version: int, site: str, case_id: str) -> Pat
     return path
 
 
-def _active_id(store: Store) -> int:
+def require_active_version(store: Store) -> VersionInfo:
+    """The active version; :class:`StoreError` with the fix while the store has no model yet."""
     active = store.active_version()
     if active is None:
         raise StoreError(f"store {store.path} has no model yet. Fix: run `dakr adapt {store.path} --site <first site>`")
-    return active.id
+    return active

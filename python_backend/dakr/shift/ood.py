@@ -11,7 +11,7 @@ import torch
 from dakr.data.preprocessing import check_prediction_grid, preprocess_image, restore_geometry
 from dakr.shift.features import analyse_array
 from dakr.shift.reference import load_reference
-from dakr.store import Store, StoreError
+from dakr.store import Store
 
 
 @dataclass
@@ -54,10 +54,10 @@ def predict_with_shift(
     resampled grid over the limits, before any resampling.
     """
     from dakr.inference import default_device
-    from dakr.pipeline import load_version_model
+    from dakr.pipeline import load_version_model, require_active_version
 
     device = device or default_device()
-    version_id = version if version is not None else _active_id(store)
+    version_id = version if version is not None else require_active_version(store).id
     model, config, values = load_version_model(store, version_id, device)
     check_prediction_grid(source, image, config.preprocess)
     array, grid = preprocess_image(image, config.preprocess)
@@ -66,13 +66,6 @@ def predict_with_shift(
     reference = load_reference(store, version_id, device=device)
     score, nearest = reference.score(analysis.embedding)
     return ShiftedPrediction(labels, _entropy_on_input_grid(analysis.entropy, grid, image), score, reference.threshold, nearest)
-
-
-def _active_id(store: Store) -> int:
-    active = store.active_version()
-    if active is None:
-        raise StoreError(f"store {store.path.name} has no model yet. Fix: run `dakr adapt` first")
-    return active.id
 
 
 def _entropy_on_input_grid(entropy: np.ndarray, grid: sitk.Image, original: sitk.Image) -> sitk.Image:

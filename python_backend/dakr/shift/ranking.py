@@ -86,13 +86,11 @@ def rank_images(
 ) -> list[RankedImage]:
     """Rank unlabelled images for labelling with the active model; see the module docstring."""
     from dakr.inference import default_device
-    from dakr.pipeline import load_version_model
+    from dakr.pipeline import load_version_model, require_active_version
 
     if not paths:
         raise StoreError("no images to rank. Fix: give a folder with the new site's unlabelled images")
-    active = store.active_version()
-    if active is None:
-        raise StoreError(f"store {store.path.name} has no model yet. Fix: run `dakr adapt` on a first site")
+    active = require_active_version(store)
     device = device or default_device()
     reference = load_reference(store, active.id, device=device, progress=progress)
     model, config, _ = load_version_model(store, active.id, device)
