@@ -23,8 +23,8 @@ def default_device() -> torch.device:
 
 
 @torch.no_grad()
-def predict_probabilities(model: nn.Module, image: np.ndarray, config: ExperimentConfig, device: torch.device) -> np.ndarray:
-    """Softmax class probabilities (classes, z, y, x) float32 for a preprocessed image (z, y, x) float32.
+def _logits(model: nn.Module, image: np.ndarray, config: ExperimentConfig, device: torch.device) -> torch.Tensor:
+    """Class logits (1, classes, z, y, x) on ``device`` of a preprocessed image (z, y, x) float32.
 
     Hooks registered on ``model`` (for example on its bottleneck) see every window of the
     slice-wise (2D) or sliding-window (3D) pass.
@@ -41,12 +41,20 @@ def predict_probabilities(model: nn.Module, image: np.ndarray, config: Experimen
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         logits = inferer(batch, model)
     model.train(was_training)
-    return torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+    return logits
+
+
+def predict_probabilities(model: nn.Module, image: np.ndarray, config: ExperimentConfig, device: torch.device) -> np.ndarray:
+    """Softmax class probabilities (classes, z, y, x) float32 for a preprocessed image (z, y, x) float32.
+
+    Hooks registered on ``model`` see every window of the pass (see :func:`_logits`).
+    """
+    return torch.softmax(_logits(model, image, config, device).float(), dim=1)[0].cpu().numpy()
 
 
 def predict_array(model: nn.Module, image: np.ndarray, config: ExperimentConfig, device: torch.device) -> np.ndarray:
-    """Class-index map (z, y, x) uint8 for a preprocessed image (z, y, x) float32."""
-    return predict_probabilities(model, image, config, device).argmax(axis=0).astype(np.uint8)
+    """Class-index map (z, y, x) uint8 for a preprocessed image (z, y, x) float32 (argmax on the device)."""
+    return _logits(model, image, config, device).argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
 
 
 def predict_volume(
