@@ -8,6 +8,7 @@ draws its own batches, and only rank 0 writes checkpoints and the new version to
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import subprocess
 import sys
@@ -54,7 +55,22 @@ def init_from_environment() -> torch.device | None:
     return torch.device("cpu")
 
 
-def shutdown() -> None:
-    """Leave the process group (no-op without one)."""
+def wait_for_all_ranks() -> None:
+    """Block until every rank got here (no-op without a process group).
+
+    Called when training ends, so that no rank leaves while another still has a collective or
+    its last checkpoint in flight.
+    """
     if dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group (no-op without one).
+
+    Wrappers that still hold the group (``DistributedDataParallel``'s reducer) are collected
+    first: gloo aborts the process when such an object is freed during interpreter shutdown.
+    """
+    if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

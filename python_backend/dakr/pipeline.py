@@ -29,6 +29,7 @@ from dakr.continual.strategies import get_strategy
 from dakr.data.io import read_image
 from dakr.data.preprocessing import PreprocessedCase, check_prediction_grid, preprocess_case
 from dakr.data.sampling import PatchSampler
+from dakr.distributed import wait_for_all_ranks
 from dakr.evaluation.metrics import dice_per_class, hd95_per_class
 from dakr.governance.decisions import activation_outcome, gate_new_version
 from dakr.governance.provenance import collect_provenance
@@ -267,6 +268,7 @@ def _train_and_store(
     )
     trainer = Trainer(ctx, method, progress=progress, checkpoint_dir=work_dir, should_stop=should_stop, run=run.to_dict())
     trainer.fit(resume=resume)
+    wait_for_all_ranks()
     if not is_main_process():
         return None
     progress(ProgressEvent(stage="buffer", message="updating the replay buffer"))

@@ -26,8 +26,14 @@ def test_two_process_gloo_run_matches_single_process(tmp_path, synthetic_sites):
              "--config", str(config), "--nproc", str(nproc), "--work-dir", str(tmp_path / f"work{nproc}")],
             capture_output=True, text=True, timeout=300,
         )
-        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.returncode == 0, _failure_report(result.stderr)
         versions = store.versions()
         assert len(versions) == 1, "only rank 0 writes a version"
         dice[nproc] = store.site_dice(versions[0].id, "siteA")
     assert dice[2] is not None and abs(dice[2] - dice[1]) < 0.25
+
+
+def _failure_report(stderr: str) -> str:
+    """The lines that say why a rank died (they scroll away above torchrun's summary), then the tail."""
+    causes = [line for line in stderr.splitlines() if any(word in line for word in ("terminate", "what()", "Error", "error:"))]
+    return "\n".join(causes[:40]) + "\n...\n" + stderr[-1500:]
