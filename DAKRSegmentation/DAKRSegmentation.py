@@ -59,6 +59,8 @@ NOTIFICATION_MS = 10000
 FLICKER_KEY = "F"
 #: Column of the audit table holding the Dice change (the default sort: largest drop first).
 AUDIT_CHANGE_COLUMN = 3
+#: Columns of the labelling-order table.
+RANK_COLUMNS = ("Rank", "Image", "Score", "Reason")
 
 
 def _version_text(version: tuple[int, ...]) -> str:
@@ -569,6 +571,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.nextCaseButton.enabled = hasVersions and 0 <= row < self.ui.auditCasesTableWidget.rowCount() - 1 and not loading
         self.ui.flickerButton.enabled = self.logic.session is not None and self.logic.session.audit_case is not None
         self.checkShiftButton.enabled = connected and self.ui.adaptSiteComboBox.count > 0 and not self.tasks.busy("site-check")
+        self.rankButton.enabled = connected and bool(self.models) and not self.tasks.busy("rank")
         case = self.logic.session.audit_case if connected else None
         self.showUncertaintyCheckBox.enabled = case is not None and case.uncertainty is not None
         self.updateAuditVisibility()
@@ -1123,6 +1126,19 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         auditLayout = self.ui.auditCollapsibleButton.layout()
         auditLayout.addRow(self.caseShiftLabel)
         auditLayout.addRow(self.showUncertaintyCheckBox)
+        self.rankButton = qt.QPushButton()
+        self.rankButton.text = "Rank unlabelled images..."
+        self.rankButton.toolTip = ("Which of the new site's unlabelled images to label first: the active model's "
+                                   "uncertainty plus how unlike the images already chosen each one is")
+        self.rankButton.connect("clicked(bool)", self.onRankImages)
+        self.rankTableWidget = qt.QTableWidget()
+        self.rankTableWidget.setColumnCount(len(RANK_COLUMNS))
+        self.rankTableWidget.setHorizontalHeaderLabels(list(RANK_COLUMNS))
+        self.rankTableWidget.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+        self.rankTableWidget.visible = False
+        newSite = self.ui.newSiteCollapsibleButton.layout()
+        newSite.addRow(self.rankButton)
+        newSite.addRow(self.rankTableWidget)
 
     def onCheckShift(self) -> None:
         self.checkSiteShift(self.ui.adaptSiteComboBox.currentText)
@@ -1175,6 +1191,37 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.runInBackground("case-shift", lambda control: session.predict_case(image, case.after_version, lambda: control.cancelled),
                              show, f"Cannot show the shift of {name}.", onError=failed)
+
+    def onRankImages(self) -> None:
+        """Pick unlabelled images, upload them on a worker with a cancellable progress dialog, show their order."""
+        paths = qt.QFileDialog.getOpenFileNames(self.parent, "Unlabelled images of the new site", str(self._parameterNode.siteFolder),
+                                                "Images (*.nii.gz *.nii *.nrrd *.mha)")
+        if not paths:
+            return
+        images = [Path(path) for path in paths]
+        client = self.logic.requireSession().client
+
+        def work(control: TaskControl) -> list[dict]:
+            def progress(sent: int, total: int) -> None:
+                control.check()
+                control.report(f"Uploading {len(images)} images: {sent / 1e6:.1f} of {total / 1e6:.1f} MB; the backend "
+                               "then runs the active model on each", sent / max(total, 1))
+            return client.rank_images(images, on_progress=progress)
+
+        self.runInBackground("rank", work, self.showRanking, f"The {len(images)} images were not ranked.",
+                             progress=f"Ranking {len(images)} images ...")
+
+    def showRanking(self, ranked: list[dict]) -> None:
+        """One row per image in labelling order: rank, file, score and the reason; the parts of the score as tooltip."""
+        table = self.rankTableWidget
+        table.setRowCount(len(ranked))
+        for row, item in enumerate(sorted(ranked, key=lambda entry: int(entry["rank"]))):
+            tip = f"uncertainty {item['uncertainty']:.3f} · novelty {item['novelty']:.3f}"
+            for column, value in enumerate((str(item["rank"]), item["path"], f"{item['score']:.3f}", item["reason"])):
+                cell = qt.QTableWidgetItem(value)
+                cell.setToolTip(tip)
+                table.setItem(row, column, cell)
+        table.visible = True
 
     def onShowUncertainty(self, visible: bool) -> None:
         case = self.logic.session.audit_case if self.logic.session else None

@@ -329,7 +329,12 @@ class BackendClient:
         """``POST /rank``: unlabelled volumes of a new site in labelling order (``rank`` 1 first), each
         with its ``path`` (the uploaded file name), ``uncertainty``, ``novelty``, ``score`` and ``reason``.
         ``on_progress(sent, total)`` as for :meth:`register_site`."""
-        files = [("images", Path(image).name, Path(image)) for image in images]
+        names = [Path(image).name for image in images]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"more than one image is named {', '.join(repeated)}; the order names images by file name. "
+                             "Fix: rename or leave out the duplicates")
+        files = [("images", name, Path(image)) for name, image in zip(names, images)]
         with self._post_files("/rank", [], files, query={"seed": seed}, timeout_s=max(self.timeout_s, PREDICTION_TIMEOUT_S),
                               slow_reason="it runs the active model on every uploaded image in the request",
                               on_progress=on_progress) as response:

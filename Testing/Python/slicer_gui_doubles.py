@@ -548,6 +548,16 @@ class QFile:
         return self.exists()
 
 
+class QFileDialog:
+    """Answers ``getOpenFileNames`` with the paths a test puts in ``CHOSEN`` (an empty list: Cancel)."""
+
+    CHOSEN: ClassVar[list[str]] = []
+
+    @staticmethod
+    def getOpenFileNames(parent: Any = None, caption: str = "", directory: str = "", filter: str = "") -> list[str]:
+        return list(QFileDialog.CHOSEN)
+
+
 class QApplication:
     override_cursors: ClassVar[list[Any]] = []
 
@@ -1089,6 +1099,7 @@ def install(monkeypatch: Any, scene: "slicer.vtkMRMLScene", temporary_path: path
     UNHANDLED.clear()
     TIMERS.clear()
     QProgressDialog.SHOWN.clear()
+    QFileDialog.CHOSEN.clear()
     QShortcut.CREATED.clear()
     QSystemTrayIcon.MESSAGES.clear()
     QSystemTrayIcon.available = True

@@ -823,6 +823,7 @@ def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) ->
     routes[("POST", "/api/v1/predict")] = (200, uncertainty_map(tmp_path), shift_headers(2.5, 1.2))
     routes[("POST", "/api/v1/sites")] = (201, {**SITES[1], "name": "C"})
     routes[("GET", "/api/v1/sites/A/check")] = (200, {**SITE_CHECK, "site": "A"})
+    routes[("POST", "/api/v1/rank")] = (200, RANKED)
     backend.models = list(MODELS_V2)
     backend.server.delay_s = SLOW_S
     ui = gui.ui
@@ -843,6 +844,9 @@ def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) ->
     assert ui.jobStatusLabel.text.startswith("Site C registered")
     assert gui.widget.siteCheckLabel.text.startswith("Site C (v1): Looks like site A")
     timed("check shift", gui.widget.checkShiftButton.click)
+    doubles.QFileDialog.CHOSEN[:] = [str(tmp_path / "image.nii.gz")]
+    timed("rank", gui.widget.rankButton.click)
+    assert gui.widget.rankTableWidget.rowCount() == 2
     timed("adapt", ui.adaptButton.click)
     timed("poll", poll_timer(gui).fire)
     timed("cancel", ui.cancelButton.click)
@@ -854,7 +858,7 @@ def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) ->
     assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
     slow = {label: round(seconds, 3) for label, seconds in durations.items() if seconds > GUI_BOUND_S}
     assert slow == {}, f"GUI-thread calls slower than {GUI_BOUND_S} s while the backend takes {SLOW_S} s: {slow}"
-    assert len(durations) == 10
+    assert len(durations) == 11
     waiting = {label: round(seconds, 3) for label, seconds in callbacks.items() if seconds >= SLOW_S}
     assert waiting == {}, f"callbacks on the GUI thread that waited on the backend (answers take {SLOW_S} s): {waiting}"
 
@@ -1029,3 +1033,51 @@ def test_a_failed_case_shift_check_leaves_the_case_shown(gui, backend, tmp_path:
 
 def view_node(scene, class_name: str, layout_name: str):
     return next(node for node in mrmlio.nodes_of_class(scene, class_name) if node.GetLayoutName() == layout_name)
+
+
+RANKED = [{"rank": 2, "path": "a.nii.gz", "uncertainty": 0.2, "novelty": 0.1, "score": 0.15, "reason": "close to b.nii.gz"},
+          {"rank": 1, "path": "b.nii.gz", "uncertainty": 0.4, "novelty": 0.9, "score": 0.65, "reason": "most uncertain"}]
+
+
+def test_unlabelled_images_are_uploaded_with_progress_and_shown_in_labelling_order(gui, backend, tmp_path: Path) -> None:
+    backend.server.routes[("POST", "/api/v1/rank")] = (200, RANKED)
+    connect_remote(gui, backend)
+    widget = gui.widget
+    assert widget.rankButton.enabled and not widget.rankTableWidget.visible
+    widget.rankButton.click()
+    assert gui.env.unhandled == [] and backend.requests("POST", "/rank") == [], "Cancel in the file dialog sends nothing"
+
+    images = []
+    for name in ("a", "b"):
+        images.append(tmp_path / f"{name}.nii.gz")
+        images[-1].write_bytes(name.encode() * 5000)
+    doubles.QFileDialog.CHOSEN[:] = [str(path) for path in images]
+    widget.rankButton.click()
+    assert gui.env.progress_dialogs[-1].labelText == "Ranking 2 images ..."
+    finish(gui)
+
+    assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
+    (request,) = backend.requests("POST", "/rank")
+    assert b'filename="a.nii.gz"' in request.body and b'filename="b.nii.gz"' in request.body
+    assert widget.rankTableWidget.visible
+    assert table_rows(widget.rankTableWidget) == [["1", "b.nii.gz", "0.650", "most uncertain"],
+                                                  ["2", "a.nii.gz", "0.150", "close to b.nii.gz"]]
+    assert widget.rankTableWidget.item(0, 0).tooltip == "uncertainty 0.400 · novelty 0.900"
+
+
+def test_ranking_without_a_model_names_the_cause_and_images_with_one_name_are_refused(gui, backend, tmp_path: Path) -> None:
+    backend.server.routes[("POST", "/api/v1/rank")] = (409, {"detail": "there is no model yet: register a site and run an adapt job first"})
+    connect_remote(gui, backend)
+    image = tmp_path / "a.nii.gz"
+    image.write_bytes(b"a")
+    doubles.QFileDialog.CHOSEN[:] = [str(image)]
+    gui.widget.rankButton.click()
+    finish(gui)
+    assert gui.env.dialogs.errors == ["The 1 images were not ranked.\n\nPOST /rank failed (409): there is no model yet: "
+                                      "register a site and run an adapt job first"]
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "a.nii.gz").write_bytes(b"a")
+    doubles.QFileDialog.CHOSEN[:] = [str(image), str(tmp_path / "x" / "a.nii.gz")]
+    gui.widget.rankButton.click()
+    finish(gui)
+    assert "more than one image is named a.nii.gz" in gui.env.dialogs.errors[-1] and len(backend.requests("POST", "/rank")) == 1
