@@ -440,6 +440,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
         if self.logic.session is not None:
             self.logic.session.audit_case = None
+        self.caseShiftLabel.text = ""
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -1100,7 +1101,6 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         case = self.logic.session.audit_case if self.logic.session else None
         if case is not None:
             audit.show_flicker(slicer.mrmlScene, case, swapped)
-
 
     # -- site shift -------------------------------------------------------------------------------
     def setupShiftWidgets(self) -> None:

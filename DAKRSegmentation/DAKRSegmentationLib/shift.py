@@ -1,7 +1,7 @@
-"""What the backend says about site shift, in the module's words: a registered site's shift check,
-the out-of-distribution flag of one prediction, and the labelling order of unlabelled images.
+"""What the backend says about site shift, in the module's words: a registered site's shift check
+and the out-of-distribution flag of one prediction.
 
-Standard library only: the client parses with it, the widget shows its texts."""
+Standard library only: the client parses the flag with it, the widget shows its texts."""
 
 from __future__ import annotations
 
