@@ -31,11 +31,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from DAKRSegmentationLib import MINIMUM_PYTHON_VERSION, MINIMUM_SLICER_VERSION, audit, gate, mrmlio, server_lock
+from DAKRSegmentationLib import MINIMUM_PYTHON_VERSION, MINIMUM_SLICER_VERSION, audit, gate, mrmlio, server_lock, shift
 from DAKRSegmentationLib.background import BackgroundTasks, Task, TaskCancelled, TaskControl
 from DAKRSegmentationLib.backend import LocalBackend, backend_location, backend_requirements, torch_requirement, torch_too_old
 from DAKRSegmentationLib.install_plan import InstallPlan, install, installed_versions, plan_install, write_constraints
-from DAKRSegmentationLib.client import BackendClient, JobConflictError
+from DAKRSegmentationLib.client import BackendClient, BackendError, JobConflictError, PredictionFile
 from DAKRSegmentationLib.jobs import FINISHED_STATES, JobMonitor, JobUpdate, format_event
 from DAKRSegmentationLib.results import VersionComparison
 from DAKRSegmentationLib.regressions import CaseRegression
@@ -59,6 +59,8 @@ NOTIFICATION_MS = 10000
 FLICKER_KEY = "F"
 #: Column of the audit table holding the Dice change (the default sort: largest drop first).
 AUDIT_CHANGE_COLUMN = 3
+#: Columns of the labelling-order table.
+RANK_COLUMNS = ("Rank", "Image", "Score", "Reason")
 
 
 def _version_text(version: tuple[int, ...]) -> str:
@@ -394,6 +396,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.previousCaseButton.connect("clicked(bool)", self.onPreviousCase)
         self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
         self.setupGateWidgets()
+        self.setupShiftWidgets()
 
         for table in (self.ui.auditCasesTableWidget, self.ui.resultsTableView):
             table.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
@@ -437,6 +440,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
         if self.logic.session is not None:
             self.logic.session.audit_case = None
+        self.caseShiftLabel.text = ""
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -567,6 +571,10 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.previousCaseButton.enabled = hasVersions and row > 0 and not loading
         self.ui.nextCaseButton.enabled = hasVersions and 0 <= row < self.ui.auditCasesTableWidget.rowCount() - 1 and not loading
         self.ui.flickerButton.enabled = self.logic.session is not None and self.logic.session.audit_case is not None
+        self.checkShiftButton.enabled = connected and self.ui.adaptSiteComboBox.count > 0 and not self.tasks.busy("site-check")
+        self.rankButton.enabled = connected and bool(self.models) and not self.tasks.busy("rank")
+        case = self.logic.session.audit_case if connected else None
+        self.showUncertaintyCheckBox.enabled = case is not None and case.uncertainty is not None
         self.updateAuditVisibility()
 
     def updateAuditVisibility(self) -> None:
@@ -783,6 +791,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.jobStatusLabel.text = (f"Site {site['name']} registered: {site['n_train']} training and "
                                        f"{site['n_audit']} audit cases. Ready to adapt.")
         self.refreshOverview(selectSite=site["name"])
+        self.checkSiteShift(site["name"])
 
     def showSites(self, sites: list[dict], select: str | None = None) -> None:
         """Fill the adapt and audit site selectors."""
@@ -1075,7 +1084,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 f"{site} / {caseId}: Dice v{before} {_dice_text(case.dice_before)} → v{after} {_dice_text(case.dice_after)}"
                 f" · {case.lost_voxels} voxels lost, {case.gained_voxels} gained"
                 + (f"\n{row.structure_text()}" if row is not None and row.structures else ""))
-            self.updateGUIFromState()
+            self.checkCaseShift(case)
 
         self.runInBackground(
             "audit", lambda control: session.download_audit_case(site, caseId, before, after, lambda: control.cancelled),
@@ -1092,6 +1101,132 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         case = self.logic.session.audit_case if self.logic.session else None
         if case is not None:
             audit.show_flicker(slicer.mrmlScene, case, swapped)
+
+    # -- site shift -------------------------------------------------------------------------------
+    def setupShiftWidgets(self) -> None:
+        """Check shift next to the adapt site selector, with the verdict below it; in Audit, the shown
+        case's shift flag and its uncertainty map toggle."""
+        self.checkShiftButton = qt.QPushButton()
+        self.checkShiftButton.text = "Check shift"
+        self.checkShiftButton.toolTip = ("How far the selected site is from the sites the active model learned, and the "
+                                         "model's Dice on its cases: is adapting worth it?")
+        self.checkShiftButton.connect("clicked(bool)", self.onCheckShift)
+        self.siteCheckLabel = qt.QLabel()
+        self.siteCheckLabel.wordWrap = True
+        adapt = self.ui.adaptCollapsibleButton.layout()
+        adapt.insertRow(1, "", self.checkShiftButton)
+        adapt.insertRow(2, self.siteCheckLabel)
+        self.caseShiftLabel = qt.QLabel()
+        self.caseShiftLabel.wordWrap = True
+        self.showUncertaintyCheckBox = qt.QCheckBox()
+        self.showUncertaintyCheckBox.text = "Show uncertainty map"
+        self.showUncertaintyCheckBox.toolTip = ("The after version's voxel-wise uncertainty (normalised entropy, 0 to 1) "
+                                                "over the image: bright where the model hesitates")
+        self.showUncertaintyCheckBox.connect("toggled(bool)", self.onShowUncertainty)
+        auditLayout = self.ui.auditCollapsibleButton.layout()
+        auditLayout.addRow(self.caseShiftLabel)
+        auditLayout.addRow(self.showUncertaintyCheckBox)
+        self.rankButton = qt.QPushButton()
+        self.rankButton.text = "Rank unlabelled images..."
+        self.rankButton.toolTip = ("Which of the new site's unlabelled images to label first: the active model's "
+                                   "uncertainty plus how unlike the images already chosen each one is")
+        self.rankButton.connect("clicked(bool)", self.onRankImages)
+        self.rankTableWidget = qt.QTableWidget()
+        self.rankTableWidget.setColumnCount(len(RANK_COLUMNS))
+        self.rankTableWidget.setHorizontalHeaderLabels(list(RANK_COLUMNS))
+        self.rankTableWidget.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
+        self.rankTableWidget.visible = False
+        newSite = self.ui.newSiteCollapsibleButton.layout()
+        newSite.addRow(self.rankButton)
+        newSite.addRow(self.rankTableWidget)
+
+    def onCheckShift(self) -> None:
+        self.checkSiteShift(self.ui.adaptSiteComboBox.currentText)
+
+    def checkSiteShift(self, site: str) -> None:
+        """Fetch the site's shift check on a worker and show its verdict; no model yet is said in the label."""
+        if not site:
+            return
+        client = self.logic.requireSession().client
+        message = f"Cannot check the shift of site {site}."
+        self.siteCheckLabel.styleSheet = ""
+        self.siteCheckLabel.text = f"Checking the shift of site {site} (the active model runs on each of its cases) ..."
+
+        def show(check: dict) -> None:
+            self.siteCheckLabel.text = shift.site_check_text(check)
+            self.siteCheckLabel.styleSheet = shift.site_check_style_sheet(check)
+
+        def failed(error: BaseException) -> None:
+            if isinstance(error, BackendError) and error.status == 409:
+                self.siteCheckLabel.text = shift.NO_MODEL_TEXT
+                return
+            self.siteCheckLabel.text = f"The shift of site {site} was not checked."
+            logging.error("%s %s", message, error)
+            slicer.util.errorDisplay(f"{message}\n\n{error}")
+
+        self.runInBackground("site-check", lambda control: client.site_check(site), show, message, onError=failed)
+
+    def checkCaseShift(self, case: audit.AuditCase) -> None:
+        """The after version's shift flag and uncertainty map of the shown case (one prediction on a worker)."""
+        session = self.logic.requireSession()
+        name = f"{case.site} / {case.case_id}"
+        self.caseShiftLabel.styleSheet = ""
+        self.caseShiftLabel.text = f"Checking {name} for site shift under v{case.after_version} ..."
+        image = session.write_case_image(case)
+
+        def show(prediction: PredictionFile) -> None:
+            if session.audit_case is not case:
+                prediction.path.unlink(missing_ok=True)
+                return
+            audit.attach_shift(slicer.mrmlScene, case, prediction)
+            self.caseShiftLabel.text = case.shift.text
+            self.caseShiftLabel.styleSheet = case.shift.style_sheet
+            audit.show_uncertainty(slicer.mrmlScene, case, self.showUncertaintyCheckBox.checked)
+
+        def failed(error: BaseException) -> None:
+            logging.error("shift check of %s failed: %s", name, error)
+            if session.audit_case is case:
+                self.caseShiftLabel.text = f"The shift of {name} was not checked: {error}"
+                self.caseShiftLabel.styleSheet = ""
+
+        self.runInBackground("case-shift", lambda control: session.predict_case(image, case.after_version, lambda: control.cancelled),
+                             show, f"Cannot show the shift of {name}.", onError=failed)
+
+    def onRankImages(self) -> None:
+        """Pick unlabelled images, upload them on a worker with a cancellable progress dialog, show their order."""
+        paths = qt.QFileDialog.getOpenFileNames(self.parent, "Unlabelled images of the new site", str(self._parameterNode.siteFolder),
+                                                "Images (*.nii.gz *.nii *.nrrd *.mha)")
+        if not paths:
+            return
+        images = [Path(path) for path in paths]
+        client = self.logic.requireSession().client
+
+        def work(control: TaskControl) -> list[dict]:
+            def progress(sent: int, total: int) -> None:
+                control.check()
+                control.report(f"Uploading {len(images)} images: {sent / 1e6:.1f} of {total / 1e6:.1f} MB; the backend "
+                               "then runs the active model on each", sent / max(total, 1))
+            return client.rank_images(images, on_progress=progress)
+
+        self.runInBackground("rank", work, self.showRanking, f"The {len(images)} images were not ranked.",
+                             progress=f"Ranking {len(images)} images ...")
+
+    def showRanking(self, ranked: list[dict]) -> None:
+        """One row per image in labelling order: rank, file, score and the reason; the parts of the score as tooltip."""
+        table = self.rankTableWidget
+        table.setRowCount(len(ranked))
+        for row, item in enumerate(sorted(ranked, key=lambda entry: int(entry["rank"]))):
+            tip = f"uncertainty {item['uncertainty']:.3f} · novelty {item['novelty']:.3f}"
+            for column, value in enumerate((str(item["rank"]), item["path"], f"{item['score']:.3f}", item["reason"])):
+                cell = qt.QTableWidgetItem(value)
+                cell.setToolTip(tip)
+                table.setItem(row, column, cell)
+        table.visible = True
+
+    def onShowUncertainty(self, visible: bool) -> None:
+        case = self.logic.session.audit_case if self.logic.session else None
+        if case is not None:
+            audit.show_uncertainty(slicer.mrmlScene, case, visible)
 
 
 def _dice_text(value: float | None) -> str:

@@ -14,7 +14,8 @@ from typing import Callable
 import slicer
 
 from . import mrmlio, terminology
-from .client import BackendClient
+from .client import BackendClient, PredictionFile
+from .shift import ShiftFlag
 
 #: Slice views of the comparison: before on the left (axial), after on the right (axial) and below (coronal).
 BEFORE_VIEW = "Red"
@@ -23,6 +24,10 @@ CORONAL_VIEW = "Green"
 SLICE_VIEWS = (BEFORE_VIEW, AFTER_VIEW, CORONAL_VIEW)
 #: Layout name of the first 3D view.
 THREE_D_VIEW = "1"
+#: Opacity of the uncertainty map over the image in the slice views.
+UNCERTAINTY_OPACITY = 0.5
+#: Attributes of the after segmentation that keep the case's shift verdict with it in the scene.
+SHIFT_ATTRIBUTES = ("DAKR.ShiftScore", "DAKR.ShiftThreshold", "DAKR.OutOfDistribution", "DAKR.NearestSite")
 
 
 @dataclass
@@ -45,10 +50,15 @@ class AuditCase:
     dice_after: float | None
     #: RAS point the views centre on: the lost voxels, else the gained ones, else the ground truth, else the image.
     focus: tuple[float, float, float]
+    #: The after version's shift verdict on the case (``None``: not known yet).
+    shift: ShiftFlag | None = None
+    #: The after version's voxel-wise uncertainty (normalised entropy, 0-1) on the case's grid.
+    uncertainty: "slicer.vtkMRMLScalarVolumeNode | None" = None
 
     @property
     def nodes(self) -> list:
-        return [self.image, self.ground_truth, self.before, self.after, self.regressions]
+        nodes = [self.image, self.ground_truth, self.before, self.after, self.regressions]
+        return nodes if self.uncertainty is None else [*nodes, self.uncertainty]
 
     def remove(self) -> None:
         """Remove this case's nodes (and their display nodes) from the scene."""
@@ -136,6 +146,34 @@ def _load(scene: "slicer.vtkMRMLScene", files: AuditFiles, label_names: dict[str
     ground_truth.GetDisplayNode().SetVisibility2DFill(False)
     return AuditCase(files.site, files.case_id, files.before, files.after, image, ground_truth, before, after, regressions,
                      int(lost.sum()), int(gained.sum()), files.dice.get("before"), files.dice.get("after"), focus)
+
+
+def attach_shift(scene: "slicer.vtkMRMLScene", case: AuditCase, prediction: PredictionFile) -> None:
+    """Keep the after version's shift verdict with the case (and as attributes of its after
+    segmentation, saved with the scene) and load its uncertainty map as a heat-coloured volume
+    named after the case (GUI thread); the file is removed."""
+    try:
+        uncertainty = mrmlio.load_heat_map(scene, prediction.path,
+                                           f"{case.site} {case.case_id} uncertainty (v{case.after_version})")
+    finally:
+        Path(prediction.path).unlink(missing_ok=True)
+    if case.uncertainty is not None:
+        mrmlio.remove_node(case.uncertainty)
+    flag = prediction.shift
+    case.shift, case.uncertainty = flag, uncertainty
+    values = (f"{flag.score:.4f}", f"{flag.threshold:.4f}", "true" if flag.out_of_distribution else "false", flag.nearest_site)
+    for name, value in zip(SHIFT_ATTRIBUTES, values):
+        case.after.SetAttribute(name, value)
+
+
+def show_uncertainty(scene: "slicer.vtkMRMLScene", case: AuditCase, visible: bool) -> None:
+    """The case's uncertainty map as the foreground of the comparison's slice views, or no foreground."""
+    volume_id = case.uncertainty.GetID() if visible and case.uncertainty is not None else None
+    for name in SLICE_VIEWS:
+        composite = _view_node(scene, "vtkMRMLSliceCompositeNode", name)
+        if composite is not None:
+            composite.SetForegroundVolumeID(volume_id)
+            composite.SetForegroundOpacity(UNCERTAINTY_OPACITY)
 
 
 def _volume_centre(volume: "slicer.vtkMRMLVolumeNode") -> tuple[float, float, float]:

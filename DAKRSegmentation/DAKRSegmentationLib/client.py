@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .shift import ShiftFlag
+
 #: Major version of the backend HTTP API this module speaks.
 SUPPORTED_API_MAJOR = 1
 API_PREFIX = "/api/v1"
@@ -60,6 +62,14 @@ class JobConflictError(BackendError):
     def __init__(self, message: str, job_id: str | None, payload: dict[str, Any] | None = None) -> None:
         super().__init__(message, 409, payload)
         self.job_id = job_id
+
+
+@dataclass(frozen=True)
+class PredictionFile:
+    """A prediction (label map or uncertainty map) saved at ``path``, and the case's shift verdict."""
+
+    path: Path
+    shift: ShiftFlag
 
 
 @dataclass(frozen=True)
@@ -162,30 +172,35 @@ class BackendClient:
         return BackendError(f"{method} {path} failed ({status}): {text}", status, payload)
 
     def _json(self, method: str, path: str, *, query: dict[str, Any] | None = None, payload: Any = None,
-              timeout_s: float | None = None) -> Any:
+              timeout_s: float | None = None, slow_reason: str | None = None) -> Any:
         body = None
         headers = {}
         if payload is not None:
             body = json.dumps(payload).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        with self._open(method, path, query=query, body=body, headers=headers, timeout_s=timeout_s) as response:
+        with self._open(method, path, query=query, body=body, headers=headers, timeout_s=timeout_s,
+                        slow_reason=slow_reason) as response:
             raw = response.read()
         return json.loads(raw) if raw else None
 
     def _download(self, path: str, destination: Path, query: dict[str, Any] | None = None,
                   timeout_s: float | None = None, slow_reason: str | None = None,
                   cancelled: Callable[[], bool] | None = None) -> Path:
-        destination = Path(destination)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        partial = destination.with_name(destination.name + ".part")
-        with (self._open("GET", path, query=query, headers={"Accept": "*/*"}, timeout_s=timeout_s,
-                         slow_reason=slow_reason) as response, partial.open("wb") as handle):
-            while chunk := response.read(_CHUNK):
-                if cancelled is not None and cancelled():
-                    raise BackendError(f"Download of {path} cancelled.")
-                handle.write(chunk)
-        os.replace(partial, destination)
-        return destination
+        Path(destination).parent.mkdir(parents=True, exist_ok=True)
+        with self._open("GET", path, query=query, headers={"Accept": "*/*"}, timeout_s=timeout_s,
+                        slow_reason=slow_reason) as response:
+            return _save(response, path, destination, cancelled)
+
+    def _post_files(self, path: str, fields: list[tuple[str, str]], files: list[tuple[str, str, Path]], *,
+                    query: dict[str, Any] | None = None, accept: str = "application/json", timeout_s: float | None = None,
+                    slow_reason: str | None = None, on_progress: Callable[[int, int], None] | None = None):
+        """Open a streamed ``multipart/form-data`` POST; ``on_progress(sent, total)`` is called per chunk
+        sent, and an exception it raises aborts the upload. The caller reads and closes the response."""
+        body, content_type, length = _multipart(fields, files)
+        if on_progress is not None:
+            body.on_progress = lambda sent: on_progress(sent, length)
+        headers = {"Content-Type": content_type, "Content-Length": str(length), "Accept": accept}
+        return self._open("POST", path, query=query, body=body, headers=headers, timeout_s=timeout_s, slow_reason=slow_reason)
 
     # -- service ------------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -213,11 +228,7 @@ class BackendClient:
         for case in cases:
             files.append(("images", f"{case.case_id}_0000{_suffix(case.image)}", case.image))
             files.append(("labels", f"{case.case_id}{_suffix(case.label)}", case.label))
-        body, content_type, length = _multipart(fields, files)
-        if on_progress is not None:
-            body.on_progress = lambda sent: on_progress(sent, length)
-        headers = {"Content-Type": content_type, "Content-Length": str(length)}
-        with self._open("POST", "/sites", body=body, headers=headers, timeout_s=max(self.timeout_s, 600.0)) as response:
+        with self._post_files("/sites", fields, files, timeout_s=max(self.timeout_s, 600.0), on_progress=on_progress) as response:
             return json.loads(response.read())
 
     def register_site_from_path(self, name: str, path: str) -> dict[str, Any]:
@@ -283,6 +294,64 @@ class BackendClient:
                                   slow_reason=f"it computes the prediction of v{version} for {case_id} on request when none is "
                                               "stored; on a CPU a large case can take minutes", cancelled=cancelled)
         return self._download(path, destination, cancelled=cancelled)
+
+    # -- site shift ---------------------------------------------------------------------------
+    def site_check(self, site: str) -> dict[str, Any]:
+        """``GET /sites/{site}/check``: how far a registered site is from the known ones, the active
+        model's Dice on it and the plain-words ``verdict``. The backend analyses every case of the site
+        in the request, so it gets :data:`PREDICTION_TIMEOUT_S`; no model yet is a :class:`BackendError`
+        with status 409."""
+        return self._json("GET", f"/sites/{_quote(site)}/check", timeout_s=max(self.timeout_s, PREDICTION_TIMEOUT_S),
+                          slow_reason=f"it runs the active model on every case of {site} on request; on a CPU that "
+                                      "can take minutes")
+
+    def predict(self, image: Path, destination: Path, version: int | None = None, output: str = "labels",
+                cancelled: Callable[[], bool] | None = None) -> PredictionFile:
+        """``POST /predict`` with one volume: its ``labels`` or its voxel-wise ``uncertainty`` (normalised
+        entropy, 0-1) of ``version`` (default: the active one), saved at ``destination``, and the
+        case's shift verdict from the response headers."""
+        if output not in ("labels", "uncertainty"):
+            raise ValueError(f"output must be labels or uncertainty, got {output!r}")
+        image = Path(image)
+        Path(destination).parent.mkdir(parents=True, exist_ok=True)
+        with self._post_files("/predict", [], [("file", image.name, image)], query={"version": version, "output": output},
+                              accept="*/*", timeout_s=max(self.timeout_s, PREDICTION_TIMEOUT_S),
+                              slow_reason=f"it runs the model on {image.name} in the request; on a CPU a large "
+                                          "volume can take minutes") as response:
+            try:
+                shift = ShiftFlag.from_headers(response.headers)
+            except ValueError as error:
+                raise BackendError(f"POST /predict answered without a usable shift verdict: {error}") from None
+            return PredictionFile(_save(response, "/predict", destination, cancelled), shift)
+
+    def rank_images(self, images: list[Path], seed: int = 0,
+                    on_progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+        """``POST /rank``: unlabelled volumes of a new site in labelling order (``rank`` 1 first), each
+        with its ``path`` (the uploaded file name), ``uncertainty``, ``novelty``, ``score`` and ``reason``.
+        ``on_progress(sent, total)`` as for :meth:`register_site`."""
+        names = [Path(image).name for image in images]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"more than one image is named {', '.join(repeated)}; the order names images by file name. "
+                             "Fix: rename or leave out the duplicates")
+        files = [("images", name, Path(image)) for name, image in zip(names, images)]
+        with self._post_files("/rank", [], files, query={"seed": seed}, timeout_s=max(self.timeout_s, PREDICTION_TIMEOUT_S),
+                              slow_reason="it runs the active model on every uploaded image in the request",
+                              on_progress=on_progress) as response:
+            return json.loads(response.read())
+
+
+def _save(response, path: str, destination: Path, cancelled: Callable[[], bool] | None) -> Path:
+    """Stream a response body to ``destination`` through a ``.part`` file (nothing half-written is left there)."""
+    destination = Path(destination)
+    partial = destination.with_name(destination.name + ".part")
+    with partial.open("wb") as handle:
+        while chunk := response.read(_CHUNK):
+            if cancelled is not None and cancelled():
+                raise BackendError(f"Download of {path} cancelled.")
+            handle.write(chunk)
+    os.replace(partial, destination)
+    return destination
 
 
 def _quote(segment: str) -> str:

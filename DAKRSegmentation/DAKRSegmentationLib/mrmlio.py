@@ -32,6 +32,9 @@ _SINGLE_FILE = 4
 #: right before and are wrong after, and the reverse.
 LOST, GAINED = "lost", "gained"
 REGRESSION_COLORS = {LOST: (0.84, 0.15, 0.16), GAINED: (0.17, 0.63, 0.17)}
+#: Name of the colour table of heat maps (uncertainty): black, red, yellow, white from low to high.
+HEAT_COLORS = "DAKR heat"
+_HEAT_STOPS = ((0.0, (0.0, 0.0, 0.0)), (0.4, (0.85, 0.1, 0.0)), (0.8, (1.0, 0.85, 0.0)), (1.0, (1.0, 1.0, 1.0)))
 
 
 def label_color(value: int) -> tuple[float, float, float]:
@@ -240,6 +243,35 @@ def load_volume(scene: "slicer.vtkMRMLScene", path: Path, name: str) -> "slicer.
     if node is None:
         raise OSError(f"cannot read image {path}. Fix: check that the file is a readable NIfTI/NRRD image")
     node.StorableModified()
+    return node
+
+
+def heat_color_table(scene: "slicer.vtkMRMLScene") -> "slicer.vtkMRMLColorTableNode":
+    """The scene's heat colour table (:data:`HEAT_COLORS`), created on first use: 256 colours from
+    black through red and yellow to white."""
+    existing = scene.GetFirstNodeByName(HEAT_COLORS)
+    if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
+        return existing
+    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", HEAT_COLORS)
+    table.SetTypeToUser()
+    table.SetNumberOfColors(256)
+    positions = [stop for stop, _ in _HEAT_STOPS]
+    for index in range(256):
+        t = index / 255
+        rgb = [float(np.interp(t, positions, [color[channel] for _, color in _HEAT_STOPS])) for channel in range(3)]
+        table.SetColor(index, f"{t:.3f}", *rgb, 1.0)
+    return table
+
+
+def load_heat_map(scene: "slicer.vtkMRMLScene", path: Path, name: str, minimum: float = 0.0,
+                  maximum: float = 1.0) -> "slicer.vtkMRMLScalarVolumeNode":
+    """Load a map of values in ``[minimum, maximum]`` (e.g. normalised entropy) as a scalar volume shown
+    with the heat colour table over exactly that window."""
+    node = load_volume(scene, path, name)
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(heat_color_table(scene).GetID())
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(minimum, maximum)
     return node
 
 

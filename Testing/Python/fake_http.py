@@ -1,7 +1,7 @@
 """A tiny scripted HTTP server for tests of how the module handles backend answers and errors.
 
-Each test declares the answers it needs, ``{("GET", "/api/v1/info"): (200, {...})}``; a value may
-also be a function of the recorded request. Every request is recorded for assertions.
+Each test declares the answers it needs, ``{("GET", "/api/v1/info"): (200, {...})}``, optionally with
+response headers as a third item; a value may also be a function of the recorded request. Every request is recorded for assertions.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Request:
     body: bytes
 
 
-Answer = tuple[int, Any]
+Answer = tuple[int, Any] | tuple[int, Any, dict[str, str]]
 Route = Answer | Callable[[Request], Answer]
 
 
@@ -47,12 +47,15 @@ class FakeBackend:
                 fake.requests.append(request)
                 time.sleep(fake.delay_s)
                 route = fake.routes.get((self.command, parsed.path))
-                status, body = (404, {"detail": f"no route {self.command} {parsed.path}"}) if route is None else (
+                answer = (404, {"detail": f"no route {self.command} {parsed.path}"}) if route is None else (
                     route(request) if callable(route) else route)
+                status, body, headers = (*answer, {})[:3]
                 data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/octet-stream" if isinstance(body, bytes) else "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -83,3 +86,29 @@ INFO = {
     "active_version": None,
     "running_job": None,
 }
+
+#: ``GET /api/v1/sites/B/check`` as the backend answers it (the contract test rebuilds it with the backend's own code).
+SITE_CHECK = {
+    "site": "B",
+    "version": 1,
+    "known_sites": ["A"],
+    "threshold": 1.2,
+    "median_shift": 0.8,
+    "mmd": {"A": 0.01},
+    "nearest_site": "A",
+    "unlike_known": False,
+    "dice": 0.81,
+    "dice_per_structure": {"shell": 0.85, "core": 0.77},
+    "known_sites_dice": 0.84,
+    "adapt_recommended": False,
+    "cases": [{"case_id": "b1", "split": "train", "shift_score": 0.8, "nearest_site": "A", "dice": 0.81,
+               "dice_per_structure": {"shell": 0.85, "core": 0.77}}],
+    "verdict": "looks like site A (median shift 0.80, threshold 1.20); current model Dice 81.0 vs 84.0 on known sites "
+               "— adaptation optional",
+}
+
+
+def shift_headers(score: float, threshold: float, nearest_site: str = "A") -> dict[str, str]:
+    """The shift headers of a ``POST /api/v1/predict`` answer, formatted as the backend formats them."""
+    return {"X-DAKR-Shift-Score": f"{score:.4f}", "X-DAKR-Shift-Threshold": f"{threshold:.4f}",
+            "X-DAKR-Out-Of-Distribution": "true" if score > threshold else "false", "X-DAKR-Nearest-Site": nearest_site}

@@ -231,6 +231,9 @@ class QLayout(QObject):
             if isinstance(item, QWidget):
                 self.addWidget(item)
 
+    def insertRow(self, row: int, *items: Any) -> None:
+        self.addRow(*items)
+
 
 class QVBoxLayout(QLayout):
     pass
@@ -543,6 +546,16 @@ class QFile:
 
     def open(self, mode: int) -> bool:
         return self.exists()
+
+
+class QFileDialog:
+    """Answers ``getOpenFileNames`` with the paths a test puts in ``CHOSEN`` (an empty list: Cancel)."""
+
+    CHOSEN: ClassVar[list[str]] = []
+
+    @staticmethod
+    def getOpenFileNames(parent: Any = None, caption: str = "", directory: str = "", filter: str = "") -> list[str]:
+        return list(QFileDialog.CHOSEN)
 
 
 class QApplication:
@@ -1086,6 +1099,7 @@ def install(monkeypatch: Any, scene: "slicer.vtkMRMLScene", temporary_path: path
     UNHANDLED.clear()
     TIMERS.clear()
     QProgressDialog.SHOWN.clear()
+    QFileDialog.CHOSEN.clear()
     QShortcut.CREATED.clear()
     QSystemTrayIcon.MESSAGES.clear()
     QSystemTrayIcon.available = True

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from DAKRSegmentationLib import client as client_module
-from DAKRSegmentationLib import mrmlio, testing
+from DAKRSegmentationLib import mrmlio, shift, testing
 from DAKRSegmentationLib.client import (
     BackendClient,
     BackendError,
@@ -23,7 +23,7 @@ from DAKRSegmentationLib.client import (
 )
 from DAKRSegmentationLib.jobs import JobMonitor
 from DAKRSegmentationLib.session import Session
-from fake_http import INFO, FakeBackend
+from fake_http import INFO, SITE_CHECK, FakeBackend, shift_headers
 
 
 @pytest.fixture
@@ -271,3 +271,58 @@ def test_loopback_addresses() -> None:
 
     assert is_loopback("http://127.0.0.1:8765") and is_loopback("http://localhost:1") and is_loopback("http://[::1]:80")
     assert not is_loopback("https://gpu-box.hospital.org:8765")
+
+
+def test_site_check_is_parsed_and_no_model_keeps_its_status(fake) -> None:
+    server = fake({("GET", "/api/v1/sites/B/check"): (200, SITE_CHECK),
+                   ("GET", "/api/v1/sites/C/check"): (409, {"detail": "no model yet. Fix: adapt to a first site"})})
+    api = BackendClient(server.url)
+    assert api.site_check("B") == SITE_CHECK
+    with pytest.raises(BackendError, match="no model yet") as raised:
+        api.site_check("C")
+    assert raised.value.status == 409
+
+
+@pytest.mark.parametrize(("score", "flagged", "text"), [
+    (2.5, True, "Out of distribution: shift 2.50 > threshold 1.20 — check this result (nearest known site: A)"),
+    (0.7, False, "In distribution (shift 0.70 ≤ 1.20; nearest known site: A)"),
+])
+def test_prediction_uploads_the_volume_and_reads_the_shift_headers(fake, tmp_path: Path, score: float, flagged: bool,
+                                                                   text: str) -> None:
+    server = fake({("POST", "/api/v1/predict"): (200, b"entropy map", shift_headers(score, 1.2))})
+    image = tmp_path / "c1.nii.gz"
+    image.write_bytes(b"volume bytes")
+    prediction = BackendClient(server.url).predict(image, tmp_path / "out" / "u.nii.gz", version=2, output="uncertainty")
+    assert prediction.path.read_bytes() == b"entropy map"
+    assert prediction.shift.out_of_distribution is flagged and prediction.shift.text == text
+    assert prediction.shift.color == (shift.OUT_OF_DISTRIBUTION_COLOR if flagged else shift.IN_DISTRIBUTION_COLOR)
+    (request,) = server.requests
+    assert request.query == {"version": ["2"], "output": ["uncertainty"]}
+    assert _parse_multipart(request) == [("file", "c1.nii.gz", b"volume bytes")]
+
+
+def test_a_prediction_without_shift_headers_is_an_error_that_says_so(fake, tmp_path: Path) -> None:
+    server = fake({("POST", "/api/v1/predict"): (200, b"labels")})
+    image = tmp_path / "c1.nii.gz"
+    image.write_bytes(b"v")
+    with pytest.raises(BackendError, match="without a usable shift verdict.*X-DAKR-Shift-Score header. Fix: update the backend"):
+        BackendClient(server.url).predict(image, tmp_path / "p.nii.gz")
+    assert not (tmp_path / "p.nii.gz").exists()
+    with pytest.raises(ValueError, match="labels or uncertainty"):
+        BackendClient(server.url).predict(image, tmp_path / "p.nii.gz", output="probabilities")
+
+
+def test_ranking_uploads_every_image_with_progress(fake, tmp_path: Path) -> None:
+    ranked = [{"rank": 1, "path": "b.nii.gz", "uncertainty": 0.4, "novelty": 0.9, "score": 0.65, "reason": "most novel"},
+              {"rank": 2, "path": "a.nii.gz", "uncertainty": 0.2, "novelty": 0.1, "score": 0.15, "reason": "least novel"}]
+    server = fake({("POST", "/api/v1/rank"): (200, ranked)})
+    images = []
+    for name in ("a", "b"):
+        images.append(tmp_path / f"{name}.nii.gz")
+        images[-1].write_bytes(name.encode() * 1000)
+    progress = []
+    assert BackendClient(server.url).rank_images(images, seed=3, on_progress=lambda sent, total: progress.append((sent, total))) == ranked
+    (request,) = server.requests
+    assert request.query == {"seed": ["3"]}
+    assert _parse_multipart(request) == [("images", "a.nii.gz", b"a" * 1000), ("images", "b.nii.gz", b"b" * 1000)]
+    assert progress and progress[-1][1] == len(request.body) and all(sent < total for sent, total in progress)

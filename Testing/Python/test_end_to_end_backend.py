@@ -17,7 +17,7 @@ import vtk
 
 import slicer_gui_doubles as doubles
 from conftest import REPO
-from DAKRSegmentationLib import audit, gate, mrmlio, results
+from DAKRSegmentationLib import audit, gate, mrmlio, results, shift
 from DAKRSegmentationLib.backend import LocalBackend
 from DAKRSegmentationLib.client import BackendError
 from DAKRSegmentationLib.session import AdaptSettings, Session
@@ -150,6 +150,23 @@ def test_scene_to_backend_to_audit(scene, local_backend: LocalBackend, tmp_path:
     red = _view(scene, "vtkMRMLSliceNode", "Red")
     assert case.before.GetDisplayNode().IsDisplayableInView(red.GetID())
     assert not case.after.GetDisplayNode().IsDisplayableInView(red.GetID())
+
+    # site shift: the check of a registered site, the shown case's verdict with its uncertainty map, the labelling order
+    check = session.client.site_check("SiteB")
+    assert (check["site"], check["version"], check["known_sites"]) == ("SiteB", 2, ["SiteA", "SiteB"])
+    assert shift.site_check_text(check).startswith("Site SiteB (v2): Looks like site ") and check["verdict"].endswith(
+        "adapt" if check["adapt_recommended"] else "adaptation optional")
+    prediction = session.predict_case(session.write_case_image(case), 2)
+    assert prediction.shift.threshold > 0 and prediction.shift.nearest_site in ("SiteA", "SiteB")
+    audit.attach_shift(scene, case, prediction)
+    entropy = slicer.util.arrayFromVolume(case.uncertainty)
+    assert entropy.shape == slicer.util.arrayFromVolume(case.image).shape and 0.0 <= entropy.min() <= entropy.max() <= 1.0
+    np.testing.assert_allclose(_matrix(case.uncertainty), _matrix(case.image), atol=1e-4)
+    assert case.after.GetAttribute("DAKR.ShiftScore") == f"{prediction.shift.score:.4f}"
+    other = session.client.download_case_file("SiteB", "SiteB-0", "image", tmp_path / "b0.nii.gz")
+    ranked = session.client.rank_images([stored, other])
+    assert sorted(item["rank"] for item in ranked) == [1, 2] and {item["path"] for item in ranked} == {"a0.nii.gz", "b0.nii.gz"}
+    assert all(item["reason"] for item in ranked)
 
     # a second site under an existing name is refused by the backend with its message
     with pytest.raises(BackendError, match="already registered"):

@@ -20,7 +20,7 @@ import slicer
 
 import slicer_gui_doubles as doubles
 from DAKRSegmentationLib import mrmlio
-from fake_http import INFO, FakeBackend
+from fake_http import INFO, SITE_CHECK, FakeBackend, shift_headers
 
 MODELS_V1 = [{"id": 1, "parent": None, "site": "A", "strategy": "dakr", "created": "2026-01-02T10:00:00", "seed": 0,
               "config": {}, "active": True, "dice": {"A": 0.9}}]
@@ -66,6 +66,8 @@ class Backend:
             ("POST", "/api/v1/jobs/j1/resume"): (200, {"id": "j1", "state": "queued"}),
             ("GET", "/api/v1/evaluation/matrix"): (200, MATRIX_V2),
             ("POST", "/api/v1/models/1/activate"): (200, MODELS_V1[0]),
+            ("GET", "/api/v1/sites/B/check"): (200, SITE_CHECK),
+            ("GET", "/api/v1/sites/C/check"): (200, {**SITE_CHECK, "site": "C"}),
         })
 
     def _events(self, request) -> tuple[int, dict]:
@@ -402,8 +404,18 @@ def audit_backend(backend: Backend, tmp_path: Path) -> dict:
         routes[("GET", f"/api/v1/sites/A/cases/{case}/label")] = (200, files[case]["label"])
         routes[("GET", f"/api/v1/sites/A/cases/{case}/prediction")] = lambda r, case=case: (200, files[case][r.query["version"][0]])
         routes[("GET", f"/api/v1/sites/A/cases/{case}/dice")] = (200, {"before": 0.91, "after": 0.87})
+    routes[("POST", "/api/v1/predict")] = (200, uncertainty_map(tmp_path), shift_headers(0.7, 1.2))
     backend.models = list(MODELS_V2)
     return files
+
+
+def uncertainty_map(tmp_path: Path) -> bytes:
+    """A normalised-entropy map on the phantom grid: 0 to 1 along the first image axis."""
+    from DAKRSegmentationLib.testing import phantom_arrays
+
+    shape = phantom_arrays(1)[0].shape
+    ramp = np.broadcast_to(np.linspace(0.0, 1.0, shape[2], dtype=np.float32), shape).copy()
+    return _nifti(ramp, tmp_path / "uncertainty.nii.gz")
 
 
 def table_rows(table) -> list[list[str]]:
@@ -786,11 +798,19 @@ def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) ->
 
     durations: dict[str, float] = {}
 
+    callbacks: dict[str, float] = {}
+
     def timed(label: str, action) -> None:
         start = time.monotonic()
         action()
         durations[label] = time.monotonic() - start
-        finish(gui)
+        deadline = time.monotonic() + 30.0
+        while gui.widget.tasks.busy():
+            assert time.monotonic() < deadline, f"{label}: background tasks still running"
+            time.sleep(0.01)
+            start = time.monotonic()
+            gui.widget.taskTimer.fire()
+            callbacks[label] = max(callbacks.get(label, 0.0), time.monotonic() - start)
 
     files = {key: _nifti(array, tmp_path / f"{key}.nii.gz") for key, array in
              zip(("image", "label"), phantom_arrays(1))}
@@ -800,7 +820,10 @@ def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) ->
     for kind in ("label", "prediction"):
         routes[("GET", f"/api/v1/sites/A/cases/a2/{kind}")] = (200, files["label"])
     routes[("GET", "/api/v1/sites/A/cases/a2/dice")] = (200, {"before": 0.9, "after": 0.9})
+    routes[("POST", "/api/v1/predict")] = (200, uncertainty_map(tmp_path), shift_headers(2.5, 1.2))
     routes[("POST", "/api/v1/sites")] = (201, {**SITES[1], "name": "C"})
+    routes[("GET", "/api/v1/sites/A/check")] = (200, {**SITE_CHECK, "site": "A"})
+    routes[("POST", "/api/v1/rank")] = (200, RANKED)
     backend.models = list(MODELS_V2)
     backend.server.delay_s = SLOW_S
     ui = gui.ui
@@ -811,6 +834,7 @@ def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) ->
     ui.auditCasesTableWidget.selectRow(0)
     timed("load case", ui.loadCaseButton.click)
     assert gui.widget.logic.session.audit_case is not None, (gui.env.dialogs.errors, ui.loadCaseButton.enabled)
+    assert gui.widget.logic.session.audit_case.uncertainty is not None and gui.widget.caseShiftLabel.text.startswith("Out of")
     timed("show results", ui.showResultsButton.click)
     for index in (1, 2):
         add_phantom_case(gui.scene, f"case {index}", seed=index)
@@ -818,6 +842,11 @@ def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) ->
     ui.siteNameLineEdit.text = "C"
     timed("register site", ui.registerSiteButton.click)
     assert ui.jobStatusLabel.text.startswith("Site C registered")
+    assert gui.widget.siteCheckLabel.text.startswith("Site C (v1): Looks like site A")
+    timed("check shift", gui.widget.checkShiftButton.click)
+    doubles.QFileDialog.CHOSEN[:] = [str(tmp_path / "image.nii.gz")]
+    timed("rank", gui.widget.rankButton.click)
+    assert gui.widget.rankTableWidget.rowCount() == 2
     timed("adapt", ui.adaptButton.click)
     timed("poll", poll_timer(gui).fire)
     timed("cancel", ui.cancelButton.click)
@@ -829,7 +858,9 @@ def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) ->
     assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
     slow = {label: round(seconds, 3) for label, seconds in durations.items() if seconds > GUI_BOUND_S}
     assert slow == {}, f"GUI-thread calls slower than {GUI_BOUND_S} s while the backend takes {SLOW_S} s: {slow}"
-    assert len(durations) == 9
+    assert len(durations) == 11
+    waiting = {label: round(seconds, 3) for label, seconds in callbacks.items() if seconds >= SLOW_S}
+    assert waiting == {}, f"callbacks on the GUI thread that waited on the backend (answers take {SLOW_S} s): {waiting}"
 
 
 def test_a_timeout_names_the_slow_prediction(monkeypatch, tmp_path: Path) -> None:
@@ -898,3 +929,155 @@ def test_reload_without_a_job_stops_the_server(gui, torch_ready, tmp_path: Path)
     gui.widget.cleanup()
     backend.process.wait(10)
     assert gui.env.dialogs.confirmations == [] and not (tmp_path / "store" / ".dakr-slicer-server.json").exists()
+
+
+def register_folder_site(gui, backend: Backend, tmp_path: Path) -> None:
+    backend.server.routes[("POST", "/api/v1/sites/from-path")] = (201, {**SITES[1], "name": "B"})
+    connect_remote(gui, backend)
+    gui.ui.casesSourceComboBox.currentIndex = 1
+    gui.ui.siteFolderPathLineEdit.currentPath = str(tmp_path)
+    gui.ui.siteNameLineEdit.text = "B"
+    gui.ui.registerSiteButton.click()
+    finish(gui)
+
+
+def test_registering_a_site_shows_its_shift_verdict(gui, backend, tmp_path: Path) -> None:
+    register_folder_site(gui, backend, tmp_path)
+    label = gui.widget.siteCheckLabel
+    assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
+    assert len(backend.requests("GET", "/sites/B/check")) == 1
+    assert label.text == ("Site B (v1): Looks like site A (median shift 0.80, threshold 1.20); current model Dice 81.0 vs "
+                          "84.0 on known sites — adaptation optional.")
+    assert "#2e7d32" in label.styleSheet
+
+    backend.server.routes[("GET", "/api/v1/sites/B/check")] = (200, {
+        **SITE_CHECK, "unlike_known": True, "adapt_recommended": True,
+        "verdict": "unlike every known site (median shift 2.10 > threshold 1.20); current model Dice 43.0 — adapt"})
+    assert gui.ui.adaptSiteComboBox.currentText == "B" and gui.widget.checkShiftButton.enabled
+    gui.widget.checkShiftButton.click()
+    finish(gui)
+    assert label.text == "Site B (v1): Unlike every known site (median shift 2.10 > threshold 1.20); current model Dice 43.0 — adapt."
+    assert "#c62828" in label.styleSheet and len(backend.requests("GET", "/sites/B/check")) == 2
+
+
+def test_a_shift_check_without_a_model_says_so_without_a_dialog(gui, backend, tmp_path: Path) -> None:
+    backend.server.routes[("GET", "/api/v1/sites/B/check")] = (409, {"detail": "no model yet. Fix: adapt to a first site"})
+    register_folder_site(gui, backend, tmp_path)
+    assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
+    assert gui.widget.siteCheckLabel.text.startswith("No model yet: the shift check compares")
+
+    backend.server.routes[("GET", "/api/v1/sites/B/check")] = (500, {"detail": "store is read-only"})
+    gui.widget.checkShiftButton.click()
+    finish(gui)
+    assert gui.env.dialogs.errors == ["Cannot check the shift of site B.\n\nGET /sites/B/check failed (500): store is read-only"]
+    assert gui.widget.siteCheckLabel.text == "The shift of site B was not checked."
+
+
+@pytest.mark.parametrize(("score", "text", "color"), [
+    (2.5, "Out of distribution: shift 2.50 > threshold 1.20 — check this result (nearest known site: A)", "#c62828"),
+    (0.7, "In distribution (shift 0.70 ≤ 1.20; nearest known site: A)", "#2e7d32"),
+])
+def test_a_loaded_case_shows_its_shift_flag_and_uncertainty_map(gui, backend, tmp_path: Path, score: float, text: str,
+                                                                 color: str) -> None:
+    audit_backend(backend, tmp_path)
+    backend.server.routes[("POST", "/api/v1/predict")] = (200, uncertainty_map(tmp_path), shift_headers(score, 1.2))
+    connect_remote(gui, backend)
+    ui, scene, widget = gui.ui, gui.scene, gui.widget
+    ui.auditCasesTableWidget.clickRow(1)
+    finish(gui)
+
+    assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
+    (request,) = backend.requests("POST", "/predict")
+    assert request.query == {"version": ["2"], "output": ["uncertainty"]}
+    assert b'name="file"; filename="c1.nii.gz"' in request.body
+    case = widget.logic.session.audit_case
+    assert widget.caseShiftLabel.text == text and color in widget.caseShiftLabel.styleSheet
+    assert case.shift.score == score
+    assert case.after.GetAttribute("DAKR.ShiftScore") == f"{score:.4f}"
+    assert case.after.GetAttribute("DAKR.OutOfDistribution") == ("true" if score > 1.2 else "false")
+
+    uncertainty = scene.GetFirstNodeByName("A c1 uncertainty (v2)")
+    assert uncertainty is case.uncertainty and uncertainty.IsA("vtkMRMLScalarVolumeNode")
+    values = slicer.util.arrayFromVolume(uncertainty)
+    assert values.shape == slicer.util.arrayFromVolume(case.image).shape
+    np.testing.assert_allclose(values[0, 0], np.linspace(0.0, 1.0, values.shape[2]), atol=1e-6)
+    display = uncertainty.GetDisplayNode()
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
+    assert display.GetColorNode().GetName() == mrmlio.HEAT_COLORS
+
+    composites = [view_node(scene, "vtkMRMLSliceCompositeNode", name) for name in ("Red", "Yellow", "Green")]
+    assert all(c.GetForegroundVolumeID() is None for c in composites), "the map is shown only when asked"
+    assert widget.showUncertaintyCheckBox.enabled
+    widget.showUncertaintyCheckBox.click()
+    assert all(c.GetForegroundVolumeID() == uncertainty.GetID() and c.GetForegroundOpacity() == 0.5 for c in composites)
+
+    ui.previousCaseButton.click()
+    finish(gui)
+    assert scene.GetFirstNodeByName("A c1 uncertainty (v2)") is None, "the previous case's map goes with it"
+    assert all(c.GetForegroundVolumeID() == widget.logic.session.audit_case.uncertainty.GetID() for c in composites)
+    work = Path(gui.env.app.temporaryPath)
+    assert list(work.rglob("*uncertainty*")) == [] and list(work.rglob("shift-*")) == [], "no file is left behind"
+
+
+def test_a_failed_case_shift_check_leaves_the_case_shown(gui, backend, tmp_path: Path) -> None:
+    audit_backend(backend, tmp_path)
+    backend.server.routes[("POST", "/api/v1/predict")] = (200, b"labels without a verdict")
+    connect_remote(gui, backend)
+    gui.ui.auditCasesTableWidget.clickRow(0)
+    finish(gui)
+    case = gui.widget.logic.session.audit_case
+    assert case is not None and case.shift is None and case.uncertainty is None
+    assert gui.widget.caseShiftLabel.text.startswith("The shift of A / c2 was not checked: POST /predict answered without")
+    assert gui.env.dialogs.errors == [] and not gui.widget.showUncertaintyCheckBox.enabled
+
+
+def view_node(scene, class_name: str, layout_name: str):
+    return next(node for node in mrmlio.nodes_of_class(scene, class_name) if node.GetLayoutName() == layout_name)
+
+
+RANKED = [{"rank": 2, "path": "a.nii.gz", "uncertainty": 0.2, "novelty": 0.1, "score": 0.15, "reason": "close to b.nii.gz"},
+          {"rank": 1, "path": "b.nii.gz", "uncertainty": 0.4, "novelty": 0.9, "score": 0.65, "reason": "most uncertain"}]
+
+
+def test_unlabelled_images_are_uploaded_with_progress_and_shown_in_labelling_order(gui, backend, tmp_path: Path) -> None:
+    backend.server.routes[("POST", "/api/v1/rank")] = (200, RANKED)
+    connect_remote(gui, backend)
+    widget = gui.widget
+    assert widget.rankButton.enabled and not widget.rankTableWidget.visible
+    widget.rankButton.click()
+    assert gui.env.unhandled == [] and backend.requests("POST", "/rank") == [], "Cancel in the file dialog sends nothing"
+
+    images = []
+    for name in ("a", "b"):
+        images.append(tmp_path / f"{name}.nii.gz")
+        images[-1].write_bytes(name.encode() * 5000)
+    doubles.QFileDialog.CHOSEN[:] = [str(path) for path in images]
+    widget.rankButton.click()
+    assert gui.env.progress_dialogs[-1].labelText == "Ranking 2 images ..."
+    finish(gui)
+
+    assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
+    (request,) = backend.requests("POST", "/rank")
+    assert b'filename="a.nii.gz"' in request.body and b'filename="b.nii.gz"' in request.body
+    assert widget.rankTableWidget.visible
+    assert table_rows(widget.rankTableWidget) == [["1", "b.nii.gz", "0.650", "most uncertain"],
+                                                  ["2", "a.nii.gz", "0.150", "close to b.nii.gz"]]
+    assert widget.rankTableWidget.item(0, 0).tooltip == "uncertainty 0.400 · novelty 0.900"
+
+
+def test_ranking_without_a_model_names_the_cause_and_images_with_one_name_are_refused(gui, backend, tmp_path: Path) -> None:
+    backend.server.routes[("POST", "/api/v1/rank")] = (409, {"detail": "there is no model yet: register a site and run an adapt job first"})
+    connect_remote(gui, backend)
+    image = tmp_path / "a.nii.gz"
+    image.write_bytes(b"a")
+    doubles.QFileDialog.CHOSEN[:] = [str(image)]
+    gui.widget.rankButton.click()
+    finish(gui)
+    assert gui.env.dialogs.errors == ["The 1 images were not ranked.\n\nPOST /rank failed (409): there is no model yet: "
+                                      "register a site and run an adapt job first"]
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "a.nii.gz").write_bytes(b"a")
+    doubles.QFileDialog.CHOSEN[:] = [str(image), str(tmp_path / "x" / "a.nii.gz")]
+    gui.widget.rankButton.click()
+    finish(gui)
+    assert "more than one image is named a.nii.gz" in gui.env.dialogs.errors[-1] and len(backend.requests("POST", "/rank")) == 1
