@@ -107,7 +107,7 @@ class ContinualConfig:
     buffer_selection: str = "random"
     #: Buffer samples drawn per training step, concatenated to the current batch.
     buffer_batch_size: int = 8
-    lambda_cna: float = 1.0
+    lambda_cna: float = 0.3
     lambda_cra: float = 0.5
     #: HSIC kernel for CNA and CRA: ``"gaussian"`` or ``"linear"``.
     kernel: str = "gaussian"
