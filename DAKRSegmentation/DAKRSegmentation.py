@@ -59,8 +59,6 @@ NOTIFICATION_MS = 10000
 FLICKER_KEY = "F"
 #: Column of the audit table holding the Dice change (the default sort: largest drop first).
 AUDIT_CHANGE_COLUMN = 3
-#: Columns of the labelling-order table.
-RANK_COLUMNS = ("Rank", "Image", "Score", "Reason")
 
 
 def _version_text(version: tuple[int, ...]) -> str:
@@ -395,10 +393,12 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadCaseButton.connect("clicked(bool)", self.onLoadCase)
         self.ui.previousCaseButton.connect("clicked(bool)", self.onPreviousCase)
         self.ui.nextCaseButton.connect("clicked(bool)", self.onNextCase)
+        self.ui.checkShiftButton.connect("clicked(bool)", self.onCheckShift)
+        self.ui.showUncertaintyCheckBox.connect("toggled(bool)", self.onShowUncertainty)
+        self.ui.rankButton.connect("clicked(bool)", self.onRankImages)
         self.setupGateWidgets()
-        self.setupShiftWidgets()
 
-        for table in (self.ui.auditCasesTableWidget, self.ui.resultsTableView):
+        for table in (self.ui.auditCasesTableWidget, self.ui.resultsTableView, self.ui.rankTableWidget):
             table.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
 
         self.initializeParameterNode()
@@ -440,7 +440,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
         if self.logic.session is not None:
             self.logic.session.audit_case = None
-        self.caseShiftLabel.text = ""
+        self.ui.caseShiftLabel.text = ""
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -571,10 +571,10 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.previousCaseButton.enabled = hasVersions and row > 0 and not loading
         self.ui.nextCaseButton.enabled = hasVersions and 0 <= row < self.ui.auditCasesTableWidget.rowCount() - 1 and not loading
         self.ui.flickerButton.enabled = self.logic.session is not None and self.logic.session.audit_case is not None
-        self.checkShiftButton.enabled = connected and self.ui.adaptSiteComboBox.count > 0 and not self.tasks.busy("site-check")
-        self.rankButton.enabled = connected and bool(self.models) and not self.tasks.busy("rank")
+        self.ui.checkShiftButton.enabled = connected and self.ui.adaptSiteComboBox.count > 0 and not self.tasks.busy("site-check")
+        self.ui.rankButton.enabled = connected and bool(self.models) and not self.tasks.busy("rank")
         case = self.logic.session.audit_case if connected else None
-        self.showUncertaintyCheckBox.enabled = case is not None and case.uncertainty is not None
+        self.ui.showUncertaintyCheckBox.enabled = case is not None and case.uncertainty is not None
         self.updateAuditVisibility()
 
     def updateAuditVisibility(self) -> None:
@@ -1103,43 +1103,6 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             audit.show_flicker(slicer.mrmlScene, case, swapped)
 
     # -- site shift -------------------------------------------------------------------------------
-    def setupShiftWidgets(self) -> None:
-        """Check shift next to the adapt site selector, with the verdict below it; in Audit, the shown
-        case's shift flag and its uncertainty map toggle."""
-        self.checkShiftButton = qt.QPushButton()
-        self.checkShiftButton.text = "Check shift"
-        self.checkShiftButton.toolTip = ("How far the selected site is from the sites the active model learned, and the "
-                                         "model's Dice on its cases: is adapting worth it?")
-        self.checkShiftButton.connect("clicked(bool)", self.onCheckShift)
-        self.siteCheckLabel = qt.QLabel()
-        self.siteCheckLabel.wordWrap = True
-        adapt = self.ui.adaptCollapsibleButton.layout()
-        adapt.insertRow(1, "", self.checkShiftButton)
-        adapt.insertRow(2, self.siteCheckLabel)
-        self.caseShiftLabel = qt.QLabel()
-        self.caseShiftLabel.wordWrap = True
-        self.showUncertaintyCheckBox = qt.QCheckBox()
-        self.showUncertaintyCheckBox.text = "Show uncertainty map"
-        self.showUncertaintyCheckBox.toolTip = ("The after version's voxel-wise uncertainty (normalised entropy, 0 to 1) "
-                                                "over the image: bright where the model hesitates")
-        self.showUncertaintyCheckBox.connect("toggled(bool)", self.onShowUncertainty)
-        auditLayout = self.ui.auditCollapsibleButton.layout()
-        auditLayout.addRow(self.caseShiftLabel)
-        auditLayout.addRow(self.showUncertaintyCheckBox)
-        self.rankButton = qt.QPushButton()
-        self.rankButton.text = "Rank unlabelled images..."
-        self.rankButton.toolTip = ("Which of the new site's unlabelled images to label first: the active model's "
-                                   "uncertainty plus how unlike the images already chosen each one is")
-        self.rankButton.connect("clicked(bool)", self.onRankImages)
-        self.rankTableWidget = qt.QTableWidget()
-        self.rankTableWidget.setColumnCount(len(RANK_COLUMNS))
-        self.rankTableWidget.setHorizontalHeaderLabels(list(RANK_COLUMNS))
-        self.rankTableWidget.horizontalHeader().setSectionResizeMode(qt.QHeaderView.Stretch)
-        self.rankTableWidget.visible = False
-        newSite = self.ui.newSiteCollapsibleButton.layout()
-        newSite.addRow(self.rankButton)
-        newSite.addRow(self.rankTableWidget)
-
     def onCheckShift(self) -> None:
         self.checkSiteShift(self.ui.adaptSiteComboBox.currentText)
 
@@ -1149,18 +1112,18 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         client = self.logic.requireSession().client
         message = f"Cannot check the shift of site {site}."
-        self.siteCheckLabel.styleSheet = ""
-        self.siteCheckLabel.text = f"Checking the shift of site {site} (the active model runs on each of its cases) ..."
+        self.ui.siteCheckLabel.styleSheet = ""
+        self.ui.siteCheckLabel.text = f"Checking the shift of site {site} (the active model runs on each of its cases) ..."
 
         def show(check: dict) -> None:
-            self.siteCheckLabel.text = shift.site_check_text(check)
-            self.siteCheckLabel.styleSheet = shift.site_check_style_sheet(check)
+            self.ui.siteCheckLabel.text = shift.site_check_text(check)
+            self.ui.siteCheckLabel.styleSheet = shift.site_check_style_sheet(check)
 
         def failed(error: BaseException) -> None:
             if isinstance(error, BackendError) and error.status == 409:
-                self.siteCheckLabel.text = shift.NO_MODEL_TEXT
+                self.ui.siteCheckLabel.text = shift.NO_MODEL_TEXT
                 return
-            self.siteCheckLabel.text = f"The shift of site {site} was not checked."
+            self.ui.siteCheckLabel.text = f"The shift of site {site} was not checked."
             logging.error("%s %s", message, error)
             slicer.util.errorDisplay(f"{message}\n\n{error}")
 
@@ -1170,8 +1133,8 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The after version's shift flag and uncertainty map of the shown case (one prediction on a worker)."""
         session = self.logic.requireSession()
         name = f"{case.site} / {case.case_id}"
-        self.caseShiftLabel.styleSheet = ""
-        self.caseShiftLabel.text = f"Checking {name} for site shift under v{case.after_version} ..."
+        self.ui.caseShiftLabel.styleSheet = ""
+        self.ui.caseShiftLabel.text = f"Checking {name} for site shift under v{case.after_version} ..."
         image = session.write_case_image(case)
 
         def show(prediction: PredictionFile) -> None:
@@ -1179,15 +1142,15 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 prediction.path.unlink(missing_ok=True)
                 return
             audit.attach_shift(slicer.mrmlScene, case, prediction)
-            self.caseShiftLabel.text = case.shift.text
-            self.caseShiftLabel.styleSheet = case.shift.style_sheet
-            audit.show_uncertainty(slicer.mrmlScene, case, self.showUncertaintyCheckBox.checked)
+            self.ui.caseShiftLabel.text = case.shift.text
+            self.ui.caseShiftLabel.styleSheet = case.shift.style_sheet
+            audit.show_uncertainty(slicer.mrmlScene, case, self.ui.showUncertaintyCheckBox.checked)
 
         def failed(error: BaseException) -> None:
             logging.error("shift check of %s failed: %s", name, error)
             if session.audit_case is case:
-                self.caseShiftLabel.text = f"The shift of {name} was not checked: {error}"
-                self.caseShiftLabel.styleSheet = ""
+                self.ui.caseShiftLabel.text = f"The shift of {name} was not checked: {error}"
+                self.ui.caseShiftLabel.styleSheet = ""
 
         self.runInBackground("case-shift", lambda control: session.predict_case(image, case.after_version, lambda: control.cancelled),
                              show, f"Cannot show the shift of {name}.", onError=failed)
@@ -1213,7 +1176,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def showRanking(self, ranked: list[dict]) -> None:
         """One row per image in labelling order: rank, file, score and the reason; the parts of the score as tooltip."""
-        table = self.rankTableWidget
+        table = self.ui.rankTableWidget
         table.setRowCount(len(ranked))
         for row, item in enumerate(sorted(ranked, key=lambda entry: int(entry["rank"]))):
             tip = f"uncertainty {item['uncertainty']:.3f} · novelty {item['novelty']:.3f}"

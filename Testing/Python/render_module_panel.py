@@ -3,8 +3,9 @@
     QT_QPA_PLATFORM=offscreen .venv/bin/python Testing/Python/render_module_panel.py [OUT.png]
 
 Slicer's custom widgets (ctk, qMRML) are drawn by small PySide6 stand-ins; the panel is filled
-with illustrative values (a connected backend, two versions, a running job, the results table and
-the audit table) and carries a banner saying it is a mock, not a screenshot of Slicer.
+with illustrative values (a connected backend, two versions, a labelling order, a site check, a
+running job, the results table, the audit table and a case's shift flag) and carries a banner
+saying it is a mock, not a screenshot of Slicer.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from PySide6.QtCore import Property, QFile, QObject  # noqa: E402
 from PySide6.QtUiTools import QUiLoader  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "DAKRSegmentation"))
+
+from DAKRSegmentationLib import shift  # noqa: E402  (the module's own wording of the shift verdicts)
+
 UI_FILE = REPO / "DAKRSegmentation" / "Resources" / "UI" / "DAKRSegmentation.ui"
 DEFAULT_OUTPUT = REPO / "Resources" / "Screenshots" / "module_panel.png"
 STRATEGIES = ["dakr", "replay", "finetune", "ewc", "lwf", "joint", "distill", "dakr-cna", "dakr-cra"]
@@ -139,7 +144,20 @@ def fill_example(panel: QtWidgets.QWidget) -> None:
     ui["caseLabelsSelector"].addItem("HC-017 T1 segmentation")
     _fill_table(ui["casesTableWidget"], ["Case", "Image", "Labels"], [
         ["HC-016_T1", "HC-016 T1", "HC-016 T1 segmentation"], ["HC-017_T1", "HC-017 T1", "HC-017 T1 segmentation"]])
+    ranked = [["1", "HC-031.nii.gz", "0.812", "uncertainty 0.412 (1st highest of 3); feature distance 1.30 to the "
+               "nearest labelled or earlier-ranked case"],
+              ["2", "HC-027.nii.gz", "0.547", "uncertainty 0.275 (3rd highest of 3); feature distance 1.12 to the "
+               "nearest labelled or earlier-ranked case"],
+              ["3", "HC-029.nii.gz", "0.433", "uncertainty 0.301 (2nd highest of 3); feature distance 0.41 to the "
+               "nearest labelled or earlier-ranked case"]]
+    _fill_table(ui["rankTableWidget"], ["Rank", "Image", "Score", "Reason"], ranked)
+    ui["rankTableWidget"].setVisible(True)
     ui["adaptSiteComboBox"].addItems(["HospitalC"])
+    check = {"site": "HospitalC", "version": 2, "unlike_known": False, "adapt_recommended": True,
+             "verdict": "looks like site HospitalB (median shift 0.94, threshold 1.20); current model Dice 74.1 vs 85.8 "
+                        "on known sites — adapt"}
+    ui["siteCheckLabel"].setText(shift.site_check_text(check))
+    ui["siteCheckLabel"].setStyleSheet(shift.site_check_style_sheet(check))
     ui["strategyComboBox"].addItems(STRATEGIES)
     ui["jobProgressBar"].setValue(60)
     ui["jobStatusLabel"].setText("train · epoch 3/4 · step 120/200 · seg 0.412 cna 0.031 cra 0.054 · ETA 2:10")
@@ -164,6 +182,9 @@ def fill_example(panel: QtWidgets.QWidget) -> None:
     ui["auditOpacitySlider"].setValue(60)
     ui["auditDiceLabel"].setText("HospitalA / HA-011: Dice v1 0.883 → v2 0.829 · 1,904 voxels lost, 377 gained\n"
                                  "hippocampus 0.846 → 0.725 (-0.121) · csf 0.902 → 0.884 (-0.018)")
+    flag = shift.ShiftFlag(score=0.71, threshold=1.20, out_of_distribution=False, nearest_site="HospitalA")
+    ui["caseShiftLabel"].setText(flag.text)
+    ui["caseShiftLabel"].setStyleSheet(flag.style_sheet)
     banner = QtWidgets.QLabel(MOCK_BANNER)
     banner.setObjectName("mockBanner")
     banner.setWordWrap(True)

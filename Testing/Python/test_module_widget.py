@@ -834,7 +834,7 @@ def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) ->
     ui.auditCasesTableWidget.selectRow(0)
     timed("load case", ui.loadCaseButton.click)
     assert gui.widget.logic.session.audit_case is not None, (gui.env.dialogs.errors, ui.loadCaseButton.enabled)
-    assert gui.widget.logic.session.audit_case.uncertainty is not None and gui.widget.caseShiftLabel.text.startswith("Out of")
+    assert gui.widget.logic.session.audit_case.uncertainty is not None and gui.ui.caseShiftLabel.text.startswith("Out of")
     timed("show results", ui.showResultsButton.click)
     for index in (1, 2):
         add_phantom_case(gui.scene, f"case {index}", seed=index)
@@ -842,11 +842,11 @@ def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) ->
     ui.siteNameLineEdit.text = "C"
     timed("register site", ui.registerSiteButton.click)
     assert ui.jobStatusLabel.text.startswith("Site C registered")
-    assert gui.widget.siteCheckLabel.text.startswith("Site C (v1): Looks like site A")
-    timed("check shift", gui.widget.checkShiftButton.click)
+    assert gui.ui.siteCheckLabel.text.startswith("Site C (v1): Looks like site A")
+    timed("check shift", gui.ui.checkShiftButton.click)
     doubles.QFileDialog.CHOSEN[:] = [str(tmp_path / "image.nii.gz")]
-    timed("rank", gui.widget.rankButton.click)
-    assert gui.widget.rankTableWidget.rowCount() == 2
+    timed("rank", gui.ui.rankButton.click)
+    assert gui.ui.rankTableWidget.rowCount() == 2
     timed("adapt", ui.adaptButton.click)
     timed("poll", poll_timer(gui).fire)
     timed("cancel", ui.cancelButton.click)
@@ -943,7 +943,7 @@ def register_folder_site(gui, backend: Backend, tmp_path: Path) -> None:
 
 def test_registering_a_site_shows_its_shift_verdict(gui, backend, tmp_path: Path) -> None:
     register_folder_site(gui, backend, tmp_path)
-    label = gui.widget.siteCheckLabel
+    label = gui.ui.siteCheckLabel
     assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
     assert len(backend.requests("GET", "/sites/B/check")) == 1
     assert label.text == ("Site B (v1): Looks like site A (median shift 0.80, threshold 1.20); current model Dice 81.0 vs "
@@ -953,8 +953,8 @@ def test_registering_a_site_shows_its_shift_verdict(gui, backend, tmp_path: Path
     backend.server.routes[("GET", "/api/v1/sites/B/check")] = (200, {
         **SITE_CHECK, "unlike_known": True, "adapt_recommended": True,
         "verdict": "unlike every known site (median shift 2.10 > threshold 1.20); current model Dice 43.0 — adapt"})
-    assert gui.ui.adaptSiteComboBox.currentText == "B" and gui.widget.checkShiftButton.enabled
-    gui.widget.checkShiftButton.click()
+    assert gui.ui.adaptSiteComboBox.currentText == "B" and gui.ui.checkShiftButton.enabled
+    gui.ui.checkShiftButton.click()
     finish(gui)
     assert label.text == "Site B (v1): Unlike every known site (median shift 2.10 > threshold 1.20); current model Dice 43.0 — adapt."
     assert "#c62828" in label.styleSheet and len(backend.requests("GET", "/sites/B/check")) == 2
@@ -964,13 +964,13 @@ def test_a_shift_check_without_a_model_says_so_without_a_dialog(gui, backend, tm
     backend.server.routes[("GET", "/api/v1/sites/B/check")] = (409, {"detail": "no model yet. Fix: adapt to a first site"})
     register_folder_site(gui, backend, tmp_path)
     assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
-    assert gui.widget.siteCheckLabel.text.startswith("No model yet: the shift check compares")
+    assert gui.ui.siteCheckLabel.text.startswith("No model yet: the shift check compares")
 
     backend.server.routes[("GET", "/api/v1/sites/B/check")] = (500, {"detail": "store is read-only"})
-    gui.widget.checkShiftButton.click()
+    gui.ui.checkShiftButton.click()
     finish(gui)
     assert gui.env.dialogs.errors == ["Cannot check the shift of site B.\n\nGET /sites/B/check failed (500): store is read-only"]
-    assert gui.widget.siteCheckLabel.text == "The shift of site B was not checked."
+    assert gui.ui.siteCheckLabel.text == "The shift of site B was not checked."
 
 
 @pytest.mark.parametrize(("score", "text", "color"), [
@@ -991,7 +991,7 @@ def test_a_loaded_case_shows_its_shift_flag_and_uncertainty_map(gui, backend, tm
     assert request.query == {"version": ["2"], "output": ["uncertainty"]}
     assert b'name="file"; filename="c1.nii.gz"' in request.body
     case = widget.logic.session.audit_case
-    assert widget.caseShiftLabel.text == text and color in widget.caseShiftLabel.styleSheet
+    assert ui.caseShiftLabel.text == text and color in ui.caseShiftLabel.styleSheet
     assert case.shift.score == score
     assert case.after.GetAttribute("DAKR.ShiftScore") == f"{score:.4f}"
     assert case.after.GetAttribute("DAKR.OutOfDistribution") == ("true" if score > 1.2 else "false")
@@ -1007,8 +1007,8 @@ def test_a_loaded_case_shows_its_shift_flag_and_uncertainty_map(gui, backend, tm
 
     composites = [view_node(scene, "vtkMRMLSliceCompositeNode", name) for name in ("Red", "Yellow", "Green")]
     assert all(c.GetForegroundVolumeID() is None for c in composites), "the map is shown only when asked"
-    assert widget.showUncertaintyCheckBox.enabled
-    widget.showUncertaintyCheckBox.click()
+    assert ui.showUncertaintyCheckBox.enabled
+    ui.showUncertaintyCheckBox.click()
     assert all(c.GetForegroundVolumeID() == uncertainty.GetID() and c.GetForegroundOpacity() == 0.5 for c in composites)
 
     ui.previousCaseButton.click()
@@ -1027,8 +1027,8 @@ def test_a_failed_case_shift_check_leaves_the_case_shown(gui, backend, tmp_path:
     finish(gui)
     case = gui.widget.logic.session.audit_case
     assert case is not None and case.shift is None and case.uncertainty is None
-    assert gui.widget.caseShiftLabel.text.startswith("The shift of A / c2 was not checked: POST /predict answered without")
-    assert gui.env.dialogs.errors == [] and not gui.widget.showUncertaintyCheckBox.enabled
+    assert gui.ui.caseShiftLabel.text.startswith("The shift of A / c2 was not checked: POST /predict answered without")
+    assert gui.env.dialogs.errors == [] and not gui.ui.showUncertaintyCheckBox.enabled
 
 
 def view_node(scene, class_name: str, layout_name: str):
@@ -1042,9 +1042,9 @@ RANKED = [{"rank": 2, "path": "a.nii.gz", "uncertainty": 0.2, "novelty": 0.1, "s
 def test_unlabelled_images_are_uploaded_with_progress_and_shown_in_labelling_order(gui, backend, tmp_path: Path) -> None:
     backend.server.routes[("POST", "/api/v1/rank")] = (200, RANKED)
     connect_remote(gui, backend)
-    widget = gui.widget
-    assert widget.rankButton.enabled and not widget.rankTableWidget.visible
-    widget.rankButton.click()
+    ui = gui.ui
+    assert ui.rankButton.enabled and not ui.rankTableWidget.visible
+    ui.rankButton.click()
     assert gui.env.unhandled == [] and backend.requests("POST", "/rank") == [], "Cancel in the file dialog sends nothing"
 
     images = []
@@ -1052,17 +1052,17 @@ def test_unlabelled_images_are_uploaded_with_progress_and_shown_in_labelling_ord
         images.append(tmp_path / f"{name}.nii.gz")
         images[-1].write_bytes(name.encode() * 5000)
     doubles.QFileDialog.CHOSEN[:] = [str(path) for path in images]
-    widget.rankButton.click()
+    ui.rankButton.click()
     assert gui.env.progress_dialogs[-1].labelText == "Ranking 2 images ..."
     finish(gui)
 
     assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
     (request,) = backend.requests("POST", "/rank")
     assert b'filename="a.nii.gz"' in request.body and b'filename="b.nii.gz"' in request.body
-    assert widget.rankTableWidget.visible
-    assert table_rows(widget.rankTableWidget) == [["1", "b.nii.gz", "0.650", "most uncertain"],
-                                                  ["2", "a.nii.gz", "0.150", "close to b.nii.gz"]]
-    assert widget.rankTableWidget.item(0, 0).tooltip == "uncertainty 0.400 · novelty 0.900"
+    assert ui.rankTableWidget.visible
+    assert table_rows(ui.rankTableWidget) == [["1", "b.nii.gz", "0.650", "most uncertain"],
+                                           ["2", "a.nii.gz", "0.150", "close to b.nii.gz"]]
+    assert ui.rankTableWidget.item(0, 0).tooltip == "uncertainty 0.400 · novelty 0.900"
 
 
 def test_ranking_without_a_model_names_the_cause_and_images_with_one_name_are_refused(gui, backend, tmp_path: Path) -> None:
@@ -1071,13 +1071,13 @@ def test_ranking_without_a_model_names_the_cause_and_images_with_one_name_are_re
     image = tmp_path / "a.nii.gz"
     image.write_bytes(b"a")
     doubles.QFileDialog.CHOSEN[:] = [str(image)]
-    gui.widget.rankButton.click()
+    gui.ui.rankButton.click()
     finish(gui)
     assert gui.env.dialogs.errors == ["The 1 images were not ranked.\n\nPOST /rank failed (409): there is no model yet: "
                                       "register a site and run an adapt job first"]
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "a.nii.gz").write_bytes(b"a")
     doubles.QFileDialog.CHOSEN[:] = [str(image), str(tmp_path / "x" / "a.nii.gz")]
-    gui.widget.rankButton.click()
+    gui.ui.rankButton.click()
     finish(gui)
     assert "more than one image is named a.nii.gz" in gui.env.dialogs.errors[-1] and len(backend.requests("POST", "/rank")) == 1

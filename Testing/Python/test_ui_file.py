@@ -32,16 +32,18 @@ EXPECTED_CLASSES = {
     "newSiteCollapsibleButton": "ctkCollapsibleButton", "sceneCasesWidget": "QWidget", "folderCasesWidget": "QWidget",
     "caseVolumeSelector": "qMRMLNodeComboBox", "caseLabelsSelector": "qMRMLNodeComboBox", "addCaseButton": "QPushButton",
     "findCasesButton": "QPushButton", "removeCaseButton": "QPushButton", "casesTableWidget": "QTableWidget",
-    "registerSiteButton": "QPushButton",
+    "registerSiteButton": "QPushButton", "rankButton": "QPushButton", "rankTableWidget": "QTableWidget",
     "adaptCollapsibleButton": "ctkCollapsibleButton", "adaptSiteComboBox": "QComboBox", "adaptButton": "QPushButton",
-    "cancelButton": "QPushButton", "resumeButton": "QPushButton", "jobProgressBar": "QProgressBar",
-    "jobStatusLabel": "QLabel", "jobLogTextEdit": "QPlainTextEdit",
+    "checkShiftButton": "QPushButton", "siteCheckLabel": "QLabel", "cancelButton": "QPushButton",
+    "resumeButton": "QPushButton", "jobProgressBar": "QProgressBar", "jobStatusLabel": "QLabel",
+    "jobLogTextEdit": "QPlainTextEdit",
     "resultsCollapsibleButton": "ctkCollapsibleButton", "beforeVersionComboBox": "QComboBox",
     "afterVersionComboBox": "QComboBox", "showResultsButton": "QPushButton", "resultsTableView": "qMRMLTableView",
     "bwtLabel": "QLabel",
     "auditCollapsibleButton": "ctkCollapsibleButton", "auditSiteComboBox": "QComboBox",
     "auditCasesTableWidget": "QTableWidget", "previousCaseButton": "QPushButton", "loadCaseButton": "QPushButton",
     "nextCaseButton": "QPushButton", "flickerButton": "QPushButton", "auditDiceLabel": "QLabel",
+    "caseShiftLabel": "QLabel", "showUncertaintyCheckBox": "QCheckBox",
 }
 #: What each Slicer custom widget extends (as in Slicer's own Designer plugins).
 CUSTOM_BASES = {"ctkCollapsibleButton": "QWidget", "ctkCollapsibleGroupBox": "QGroupBox", "ctkPathLineEdit": "QWidget",
@@ -173,7 +175,13 @@ def test_rarely_used_sections_start_collapsed(designer) -> None:
     assert not {"backendCollapsibleButton", "adaptCollapsibleButton", "auditCollapsibleButton"} & collapsed
 
 
-@pytest.mark.parametrize("table_name", ["auditCasesTableWidget", "resultsTableView"])
+def test_the_labelling_order_table_starts_hidden_with_the_columns_the_module_fills(loaded) -> None:
+    table = loaded.findChild(QtWidgets.QTableWidget, "rankTableWidget")
+    assert table.isHidden()
+    assert [table.horizontalHeaderItem(column).text() for column in range(table.columnCount())] == ["Rank", "Image", "Score", "Reason"]
+
+
+@pytest.mark.parametrize("table_name", ["auditCasesTableWidget", "resultsTableView", "rankTableWidget"])
 def test_tables_do_not_scroll_sideways_at_the_default_panel_width(table_name: str) -> None:
     from render_module_panel import fill_example, load_panel
 
