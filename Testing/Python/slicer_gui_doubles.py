@@ -231,9 +231,6 @@ class QLayout(QObject):
             if isinstance(item, QWidget):
                 self.addWidget(item)
 
-    def insertRow(self, row: int, *items: Any) -> None:
-        self.addRow(*items)
-
 
 class QVBoxLayout(QLayout):
     pass

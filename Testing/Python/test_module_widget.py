@@ -140,7 +140,7 @@ def test_setup_binds_the_parameter_node_and_wires_every_button(gui) -> None:
     params.strategy = "ewc"
     assert ui.strategyComboBox.currentText == "ewc"
     buttons = [w for w in vars(ui).values() if type(w) is doubles.QPushButton]
-    assert len(buttons) == 15
+    assert len(buttons) == 17
     unwired = [b.name for b in buttons if not b.connections("clicked(bool)") and not b.connections("toggled(bool)")]
     assert unwired == []
     # nothing but the backend section works before a connection
