@@ -38,7 +38,7 @@ from DAKRSegmentationLib.install_plan import InstallPlan, install, installed_ver
 from DAKRSegmentationLib.client import BackendClient, BackendError, JobConflictError, PredictionFile
 from DAKRSegmentationLib.jobs import FINISHED_STATES, JobMonitor, JobUpdate, format_event
 from DAKRSegmentationLib.results import VersionComparison
-from DAKRSegmentationLib.regressions import CaseRegression
+from DAKRSegmentationLib.regressions import CaseRegression, dice_points
 from DAKRSegmentationLib.session import STRATEGIES, AdaptSettings, Session
 from DAKRSegmentationLib.terminology import terminology_colors
 from DAKRSegmentationLib.testing import TINY_TRAINING, add_phantom_case
@@ -1020,7 +1020,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def show(fetched: tuple[dict, list[dict]]) -> None:
             comparison = self.logic.showResults(self._parameterNode, before, after, fetched)
             self.ui.resultsTableView.setMRMLTableNode(self._parameterNode.resultsTable)
-            self.ui.bwtLabel.text = (f"Backward transfer of v{after}: {comparison.bwt:+.3f} (negative = forgetting)"
+            self.ui.bwtLabel.text = (f"Backward transfer of v{after}: {dice_points(comparison.bwt, signed=True)} Dice points (negative = forgetting)"
                                      if comparison.bwt is not None else f"v{after} has no earlier site: no BWT yet.")
 
         self.runInBackground("results", lambda control: session.fetch_results(), show, "Cannot show the results.")
@@ -1046,11 +1046,11 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for row, case in enumerate(cases):
             worst = case.worst
             cells = [case.case_id, case.before, case.after, case.change,
-                     None if worst is None else f"{worst[0]} {worst[1]:+.3f}"]
+                     None if worst is None else f"{worst[0]} {dice_points(worst[1], signed=True)}"]
             for column, value in enumerate(cells):
                 item = qt.QTableWidgetItem()
                 if isinstance(value, float):
-                    item.setData(qt.Qt.DisplayRole, round(value, 3))
+                    item.setData(qt.Qt.DisplayRole, round(100 * value, 1))  # Dice points
                 else:
                     item.setText("n/a" if value is None else value)
                 item.setToolTip(case.structure_text())
@@ -1081,7 +1081,7 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.flickerButton.checked = False
             row = self.auditCases.get(caseId)
             self.ui.auditDiceLabel.text = (
-                f"{site} / {caseId}: Dice v{before} {_dice_text(case.dice_before)} → v{after} {_dice_text(case.dice_after)}"
+                f"{site} / {caseId}: Dice v{before} {dice_points(case.dice_before)} → v{after} {dice_points(case.dice_after)}"
                 f" · {case.lost_voxels} voxels lost, {case.gained_voxels} gained"
                 + (f"\n{row.structure_text()}" if row is not None and row.structures else ""))
             self.checkCaseShift(case)
@@ -1191,9 +1191,6 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if case is not None:
             audit.show_uncertainty(slicer.mrmlScene, case, visible)
 
-
-def _dice_text(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 #: Set to 1 to run the end-to-end self-test (installs packages, starts a backend, trains for minutes).

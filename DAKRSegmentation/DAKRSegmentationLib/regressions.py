@@ -7,6 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def dice_points(value: float | None, signed: bool = False) -> str:
+    """A Dice (0-1) as the product shows it everywhere: Dice points with one decimal (0.8734 → ``87.3``;
+    ``signed`` for a change: ``+2.1``), ``n/a`` when not evaluated."""
+    if value is None:
+        return "n/a"
+    return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+
+
 def _mean(values: list[float | None]) -> float | None:
     kept = [value for value in values if value is not None]
     return sum(kept) / len(kept) if kept else None
@@ -45,14 +53,11 @@ class CaseRegression:
         return name, change
 
     def structure_text(self) -> str:
-        """``shell 0.910 → 0.850 (-0.060) · core ...`` for the case's detail line."""
-        def number(value: float | None) -> str:
-            return "n/a" if value is None else f"{value:.3f}"
-
+        """``shell 91.0 → 85.0 (-6.0) · core ...`` (Dice points) for the case's detail line."""
         parts = []
         for name, (before, after) in self.structures.items():
-            change = "" if before is None or after is None else f" ({after - before:+.3f})"
-            parts.append(f"{name} {number(before)} → {number(after)}{change}")
+            change = "" if before is None or after is None else f" ({dice_points(after - before, signed=True)})"
+            parts.append(f"{name} {dice_points(before)} → {dice_points(after)}{change}")
         return " · ".join(parts)
 
 

@@ -107,15 +107,21 @@ def _column(table: "vtk.vtkTable", name: str, values: list, numeric: bool) -> No
     table.AddColumn(array)
 
 
+def _points(values: list[float | None]) -> list[float | None]:
+    """Dice (0-1) as Dice points (0-100), the unit of every table and plot of the product."""
+    return [None if value is None else 100 * value for value in values]
+
+
 def fill_results_table(table_node: "slicer.vtkMRMLTableNode", comparison: VersionComparison) -> None:
-    """Rows: one per site, then ``BWT``; columns: site, Dice before/after, difference, Dice when learned."""
+    """Rows: one per site, then ``BWT``; columns: site, Dice before/after, difference, Dice when learned
+    (Dice points)."""
     rows = comparison.sites
     table = vtk.vtkTable()
     _column(table, SITE_COLUMN, [row.site for row in rows] + [BWT_ROW], numeric=False)
-    _column(table, BEFORE_COLUMN, [row.before for row in rows] + [None], numeric=True)
-    _column(table, AFTER_COLUMN, [row.after for row in rows] + [None], numeric=True)
-    _column(table, DIFFERENCE_COLUMN, [row.difference for row in rows] + [comparison.bwt], numeric=True)
-    _column(table, LEARNED_COLUMN, [row.when_learned for row in rows] + [None], numeric=True)
+    _column(table, BEFORE_COLUMN, _points([row.before for row in rows] + [None]), numeric=True)
+    _column(table, AFTER_COLUMN, _points([row.after for row in rows] + [None]), numeric=True)
+    _column(table, DIFFERENCE_COLUMN, _points([row.difference for row in rows] + [comparison.bwt]), numeric=True)
+    _column(table, LEARNED_COLUMN, _points([row.when_learned for row in rows] + [None]), numeric=True)
     table_node.SetAndObserveTable(table)
     table_node.SetUseColumnTitleAsColumnHeader(True)
     # Short titles so that the five columns fit the module panel without horizontal scrolling; the
@@ -143,7 +149,7 @@ def fill_dice_plot(scene: "slicer.vtkMRMLScene", chart: "slicer.vtkMRMLPlotChart
     table = vtk.vtkTable()
     _column(table, VERSION_COLUMN, chain, numeric=True)
     for site in matrix["sites"]:
-        _column(table, site, [_dice(matrix, v, site) for v in chain], numeric=True)
+        _column(table, site, _points([_dice(matrix, v, site) for v in chain]), numeric=True)
     table_node.SetAndObserveTable(table)
     remove_plot_series(scene, chart)
     for index, site in enumerate(matrix["sites"]):
@@ -157,4 +163,4 @@ def fill_dice_plot(scene: "slicer.vtkMRMLScene", chart: "slicer.vtkMRMLPlotChart
         chart.AddAndObservePlotSeriesNodeID(series.GetID())
     chart.SetTitle("Mean Dice per site across model versions")
     chart.SetXAxisTitle("model version")
-    chart.SetYAxisTitle("mean foreground Dice (audit cases)")
+    chart.SetYAxisTitle("mean foreground Dice points (audit cases)")

@@ -169,19 +169,19 @@ def fill_example(panel: QtWidgets.QWidget) -> None:
     ui["beforeVersionComboBox"].addItems(["v1 · HospitalA · finetune"])
     ui["afterVersionComboBox"].addItems(["v2 · HospitalB · dakr"])
     _fill_table(ui["resultsTableView"], ["Site", "Before", "After", "Change", "Learned"], [
-        ["HospitalA", "0.871", "0.862", "-0.009", "0.871"], ["HospitalB", "0.644", "0.853", "+0.209", "0.853"],
-        ["BWT", "", "", "-0.009", ""]])
-    ui["bwtLabel"].setText("Backward transfer of v2: -0.009 (negative = forgetting)")
+        ["HospitalA", "87.1", "86.2", "-0.9", "87.1"], ["HospitalB", "64.4", "85.3", "20.9", "85.3"],
+        ["BWT", "", "", "-0.9", ""]])
+    ui["bwtLabel"].setText("Backward transfer of v2: -0.9 Dice points (negative = forgetting)")
     ui["auditSiteComboBox"].addItems(["HospitalA"])
     _fill_table(ui["auditCasesTableWidget"], ["Case", "Before", "After", "Change", "Worst"], [
-        ["HA-011", "0.883", "0.829", "-0.054", "hippo -0.121"], ["HA-004", "0.874", "0.866", "-0.008", "csf -0.019"],
-        ["HA-017", "0.861", "0.864", "0.003", "csf -0.004"], ["HA-020", "0.852", "0.871", "0.019", "gm +0.006"]])
+        ["HA-011", "88.3", "82.9", "-5.4", "hippo -12.1"], ["HA-004", "87.4", "86.6", "-0.8", "csf -1.9"],
+        ["HA-017", "86.1", "86.4", "0.3", "csf -0.4"], ["HA-020", "85.2", "87.1", "1.9", "gm +0.6"]])
     ui["auditCasesTableWidget"].selectRow(0)
     for name in ("showGroundTruthCheckBox", "showLostCheckBox", "showGainedCheckBox"):
         ui[name].setChecked(True)
     ui["auditOpacitySlider"].setValue(60)
-    ui["auditDiceLabel"].setText("HospitalA / HA-011: Dice v1 0.883 → v2 0.829 · 1,904 voxels lost, 377 gained\n"
-                                 "hippocampus 0.846 → 0.725 (-0.121) · csf 0.902 → 0.884 (-0.018)")
+    ui["auditDiceLabel"].setText("HospitalA / HA-011: Dice v1 88.3 → v2 82.9 · 1904 voxels lost, 377 gained\n"
+                                 "hippocampus 84.6 → 72.5 (-12.1) · csf 90.2 → 88.4 (-1.8)")
     flag = shift.ShiftFlag(score=0.71, threshold=1.20, out_of_distribution=False, nearest_site="HospitalA")
     ui["caseShiftLabel"].setText(flag.text)
     ui["caseShiftLabel"].setStyleSheet(flag.style_sheet)

@@ -117,8 +117,8 @@ def test_scene_to_backend_to_audit(scene, local_backend: LocalBackend, tmp_path:
     after = table.GetTable().GetColumnByName(results.AFTER_COLUMN)
     for row in range(len(matrix["sites"])):
         site = sites.GetValue(row)
-        assert before.GetValue(row) == pytest.approx(dice[(1, site)])
-        assert after.GetValue(row) == pytest.approx(dice[(2, site)])
+        assert before.GetValue(row) == pytest.approx(100 * dice[(1, site)])  # the table shows Dice points
+        assert after.GetValue(row) == pytest.approx(100 * dice[(2, site)])
     assert comparison.bwt == pytest.approx(dice[(2, "SiteA")] - dice[(1, "SiteA")])
     assert chart.GetNumberOfPlotSeriesNodes() == 2
 

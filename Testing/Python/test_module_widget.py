@@ -240,8 +240,8 @@ def test_adapt_flow_is_driven_by_the_timer(gui, backend) -> None:
     table = gui.widget._parameterNode.resultsTable
     assert table is not None and ui.resultsTableView.mrmlTableNode() is table
     after = table.GetTable().GetColumnByName("Dice after")
-    assert [after.GetValue(i) for i in range(2)] == pytest.approx([0.8, 0.85])
-    assert ui.bwtLabel.text == "Backward transfer of v2: -0.100 (negative = forgetting)"
+    assert [after.GetValue(i) for i in range(2)] == pytest.approx([80.0, 85.0])  # Dice points
+    assert ui.bwtLabel.text == "Backward transfer of v2: -10.0 Dice points (negative = forgetting)"
     assert gui.env.app.layoutManager().layouts[-1] == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView
     assert gui.env.app.applicationLogic().propagated == ["table", "plot"]
     assert ui.auditSiteComboBox._items == ["A", "B"]
@@ -428,11 +428,11 @@ def test_audit_table_lists_cases_regressions_first_and_sortable(gui, backend, tm
     table = gui.ui.auditCasesTableWidget
     assert gui.env.dialogs.errors == []
     assert backend.requests("GET", "/sites/A/audit-dice")[-1].query == {"before": ["1"], "after": ["2"]}
-    assert table_rows(table) == [["c2", "0.85", "0.74", "-0.11", "shell -0.200"],
-                                 ["c1", "0.925", "0.93", "0.005", "shell -0.010"],
-                                 ["c3", "0.85", "n/a", "n/a", "n/a"]]
-    assert table.sortingEnabled and table.item(0, 3).data(0) == pytest.approx(-0.11)
-    assert "shell 0.900 → 0.700 (-0.200) · core 0.800 → 0.780 (-0.020)" == table.item(0, 0).tooltip
+    assert table_rows(table) == [["c2", "85.0", "74.0", "-11.0", "shell -20.0"],
+                                 ["c1", "92.5", "93.0", "0.5", "shell -1.0"],
+                                 ["c3", "85.0", "n/a", "n/a", "n/a"]]
+    assert table.sortingEnabled and table.item(0, 3).data(0) == pytest.approx(-11.0)
+    assert "shell 90.0 → 70.0 (-20.0) · core 80.0 → 78.0 (-2.0)" == table.item(0, 0).tooltip
     assert table.horizontalHeader().resize_mode == doubles.QHeaderView.Stretch
     assert table.horizontalScrollBarPolicy is not None and gui.ui.resultsTableView.horizontalHeader().resize_mode == doubles.QHeaderView.Stretch
 
@@ -451,8 +451,8 @@ def test_clicking_a_row_loads_lost_and_gained_overlays_in_the_audit_layout(gui, 
     case = gui.widget.logic.session.audit_case
     lost = int((phantom_labels(1)[6, 12:16, 12:16] != 0).sum())
     assert (case.lost_voxels, case.gained_voxels) == (lost, 0)
-    assert ui.auditDiceLabel.text == (f"A / c1: Dice v1 0.910 → v2 0.870 · {lost} voxels lost, 0 gained\n"
-                                      "shell 0.950 → 0.940 (-0.010) · core 0.900 → 0.920 (+0.020)")
+    assert ui.auditDiceLabel.text == (f"A / c1: Dice v1 91.0 → v2 87.0 · {lost} voxels lost, 0 gained\n"
+                                      "shell 95.0 → 94.0 (-1.0) · core 90.0 → 92.0 (+2.0)")
     layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
     assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView
     views = {name: view_id(scene, name) for name in ("Red", "Yellow", "Green", "1")}

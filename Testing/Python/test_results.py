@@ -63,17 +63,17 @@ def _column_values(table_node, name: str) -> list:
     return [array.GetValue(i) for i in range(array.GetNumberOfTuples())]
 
 
-def test_results_table_holds_the_comparison(scene) -> None:
+def test_results_table_holds_the_comparison_in_dice_points(scene) -> None:
     table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", "results")
     comparison = results.compare_versions(MATRIX, MODELS, before=2, after=3)
 
     results.fill_results_table(table_node, comparison)
 
     assert _column_values(table_node, results.SITE_COLUMN) == ["A", "B", "C", results.BWT_ROW]
-    assert _column_values(table_node, results.BEFORE_COLUMN)[:3] == pytest.approx([0.80, 0.85, 0.30])
-    assert _column_values(table_node, results.AFTER_COLUMN)[:3] == pytest.approx([0.70, 0.75, 0.88])
+    assert _column_values(table_node, results.BEFORE_COLUMN)[:3] == pytest.approx([80.0, 85.0, 30.0])
+    assert _column_values(table_node, results.AFTER_COLUMN)[:3] == pytest.approx([70.0, 75.0, 88.0])
     differences = _column_values(table_node, results.DIFFERENCE_COLUMN)
-    assert differences == pytest.approx([-0.10, -0.10, 0.58, -0.15])
+    assert differences == pytest.approx([-10.0, -10.0, 58.0, -15.0])
     assert math.isnan(_column_values(table_node, results.BEFORE_COLUMN)[3])
     assert [table_node.GetColumnTitle(c) for c in (results.BEFORE_COLUMN, results.AFTER_COLUMN, results.DIFFERENCE_COLUMN,
                                                   results.LEARNED_COLUMN)] == ["Before", "After", "Change", "Learned"]
@@ -91,7 +91,7 @@ def test_dice_plot_has_one_series_per_site_along_the_lineage(scene) -> None:
     assert scene.GetNodesByClass("vtkMRMLPlotSeriesNode").GetNumberOfItems() == 3
     assert _column_values(plot_table, results.VERSION_COLUMN) == [1, 2, 3]
     values_a = _column_values(plot_table, "A")
-    assert values_a == pytest.approx([0.90, 0.80, 0.70])
+    assert values_a == pytest.approx([90.0, 80.0, 70.0])
     assert math.isnan(_column_values(plot_table, "C")[0])
     series = chart.GetNthPlotSeriesNode(0)
     assert isinstance(series, slicer.vtkMRMLPlotSeriesNode)
