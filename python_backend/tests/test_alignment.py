@@ -269,9 +269,9 @@ def test_buffer_only_cna_aligns_buffered_samples_and_skips_the_previous_network_
     loss = strategy.extra_losses(ctx, batch, None, tap.features)["cna"]
     rows = batch.from_buffer
     with torch.no_grad():
-        expected = 1.0 - normalized_hsic(
+        expected = config.continual.lambda_cna * (1.0 - normalized_hsic(
             *cna_vectors(tap.features[rows], encode_to_bottleneck(previous, batch.images[rows]), config.continual), "linear", "unbiased"
-        )
+        ))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
