@@ -52,7 +52,12 @@ def cmd_learning_curve(args: argparse.Namespace) -> int:
     if args.workers:
         config.workers = args.workers
     out = Path(args.out)
-    run_learning_curve(config, out)
+    site_dirs = None
+    if args.data:
+        from dakr.benchmark import user_site_dirs
+
+        site_dirs = user_site_dirs(Path(args.data), args.sites or [])
+    run_learning_curve(config, out, site_dirs)
     print((out / "results.md").read_text(), end="")
     print(f"results: {out / 'results.json'}; plot: {out / 'learning_curve.png'}")
     return 0
@@ -69,6 +74,8 @@ def add_learning_curve_verb(verbs: argparse._SubParsersAction) -> None:
     sub.add_argument("--out", required=True, help="output folder")
     sub.add_argument("--seeds", type=int, help="number of seeds (default: the config's)")
     sub.add_argument("--workers", type=int, help="runs at the same time (default: the config's)")
+    sub.add_argument("--data", help="folder of your own sites in nnU-Net raw layout (instead of the demo data)")
+    sub.add_argument("--sites", nargs="+", help="with --data: site folder names inside it, in order; the last one is the new site")
 
 
 def add_shift_verbs(site_verbs: argparse._SubParsersAction) -> None:

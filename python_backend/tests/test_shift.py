@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from dakr.cli import main
 from dakr.data.io import read_image
 from dakr.data.site import discover_site
 from dakr.pipeline import adapt
@@ -129,11 +132,15 @@ def test_api_check_and_predict_headers(shift_store):
 
 @pytest.mark.slow
 def test_learning_curve_writes_results_and_plot(tmp_path):
-    from dakr.shift.learning_curve import LearningCurveConfig, run_learning_curve
-
-    folders = [write_site(tmp_path / "data", name, contrast, cases=6, seed=i) for i, (name, contrast) in enumerate(SITE_CONTRASTS.items())]
-    config = LearningCurveConfig(demo={}, overrides=TINY_OVERRIDES, strategy="replay", ks=[1, 2], seeds=2, audit_fraction=0.34)
-    results = run_learning_curve(config, tmp_path / "out", site_dirs=folders)
+    """Through the CLI on the user's own site folders (``--data``/``--sites``, the last one new)."""
+    for i, (name, contrast) in enumerate(SITE_CONTRASTS.items()):
+        write_site(tmp_path / "data", name, contrast, cases=6, seed=i)
+    config = {"demo": {}, "overrides": TINY_OVERRIDES, "strategy": "replay", "ks": [1, 2], "seeds": 2, "audit_fraction": 0.34}
+    (tmp_path / "lc.json").write_text(json.dumps(config))
+    assert main(["learning-curve", "--config", str(tmp_path / "lc.json"), "--out", str(tmp_path / "out"),
+                 "--data", str(tmp_path / "data"), "--sites", *SITE_CONTRASTS]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["sites"] == list(SITE_CONTRASTS)
     assert (tmp_path / "out" / "results.json").is_file() and (tmp_path / "out" / "learning_curve.png").stat().st_size > 0
     assert [row["k"] for row in results["summary"]] == [1, 2]
     assert len(results["runs"]) == 2 * 2 * 2
@@ -151,3 +158,8 @@ def test_paired_difference_interval_covers_a_known_shift():
     b = rng.normal(50, 5, size=(5, 12))
     low, mean, high = paired_difference(b + 3.0 + rng.normal(0, 0.5, size=b.shape), b)
     assert low < 3.0 < high and abs(mean - 3.0) < 0.5 and high - low < 1.0
+
+
+def test_learning_curve_names_a_missing_data_folder(tmp_path, capsys):
+    assert main(["learning-curve", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "missing"), "--sites", "a", "b"]) == 1
+    assert "missing: is not a folder" in capsys.readouterr().err
