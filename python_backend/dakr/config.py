@@ -134,6 +134,10 @@ class ContinualConfig:
     #: ``"previous"``: the current-data side of CRA uses the previous network's features, so the
     #: previous network anchors it; ``"none"``: both sides come from the current network.
     cra_anchor: str = "none"
+    #: Which side of CRA receives its gradient: ``"both"``, ``"buffer"`` (the current-site side is a
+    #: fixed target, so CRA moves only the buffered samples' features and leaves the new site's
+    #: free to learn) or ``"current"`` (the buffered side is the fixed target).
+    cra_gradient: str = "both"
     #: Use the trainable feature mapping block in CRA (else GAP of raw features).
     mapping_block: bool = True
     mapping_hidden: int = 128
@@ -161,6 +165,7 @@ class ContinualConfig:
             "cra_scoring": ("per_class", "stacked"),
             "cra_pair_space": ("previous", "projection", "current"),
             "cra_anchor": ("none", "previous"),
+            "cra_gradient": ("both", "buffer", "current"),
             "hsic_estimator": ("unbiased", "biased"),
         }
         for name, allowed in choices.items():

@@ -137,6 +137,8 @@ def test_new_options_are_validated():
         apply_overrides(ExperimentConfig(), {"continual.cna_reduction": "max"})
     with pytest.raises(ConfigError, match="continual.cra_pair_space"):
         apply_overrides(ExperimentConfig(), {"continual.cra_pair_space": "labels"})
+    with pytest.raises(ConfigError, match="continual.cra_gradient"):
+        apply_overrides(ExperimentConfig(), {"continual.cra_gradient": "neither"})
     with pytest.raises(ConfigError, match="continual.hsic_queue"):
         apply_overrides(ExperimentConfig(), {"continual.hsic_queue": -1})
     defaults = ExperimentConfig().continual
@@ -273,6 +275,23 @@ def test_buffer_only_cna_aligns_buffered_samples_and_skips_the_previous_network_
             *cna_vectors(tap.features[rows], encode_to_bottleneck(previous, batch.images[rows]), config.continual), "linear", "unbiased"
         ))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize(("side", "moved", "fixed"), [("both", ("buffer", "current"), ()),
+                                                      ("buffer", ("buffer",), ("current",)),
+                                                      ("current", ("current",), ("buffer",))])
+def test_cra_gradient_reaches_only_the_chosen_side(side, moved, fixed):
+    config = config_with(**{"continual.cra_gradient": side})
+    ctx = stage_context(config, drift=0.2, buffer_size=8)
+    strategy = get_strategy("dakr-cra")(config)
+    strategy.before_stage(ctx)
+    current_images, current_labels = ctx.sampler.sample(8, np.random.default_rng(5))
+    batch = strategy.adapt_batch(ctx, Batch(torch.from_numpy(current_images), torch.from_numpy(current_labels), torch.zeros(8, dtype=torch.bool)))
+    features = encode_to_bottleneck(ctx.model, batch.images).detach().requires_grad_(True)
+    strategy.extra_losses(ctx, batch, None, features)["cra"].backward()
+    rows = {"buffer": batch.from_buffer, "current": ~batch.from_buffer}
+    assert all(features.grad[rows[name]].abs().sum() > 0 for name in moved)
+    assert all(features.grad[rows[name]].abs().sum() == 0 for name in fixed)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ Stage t ≥ 2 minimises
   (or, with ``cra_anchor="previous"``, with the previous network's features of the current
   samples), after the trainable feature mapping block and the feature pairing block; pairs are
   chosen outside the optimised space and scored within each class, so separating classes alone
-  cannot satisfy it.
+  cannot satisfy it. ``cra_gradient`` chooses which side the term moves.
 * Both terms can use the unbiased HSIC estimator and a short queue of past pairs, and switch on
   after a warm-up. :meth:`DAKR.stage_diagnostics` reports how much signal they carried.
 """
@@ -206,7 +206,11 @@ class DAKR(Replay):
         buffered = batch.from_buffer
         if not bool(buffered.any()) or bool(buffered.all()):
             return None
-        current_side = features[~buffered]
+        buffer_side, current_side = features[buffered], features[~buffered]
+        if continual.cra_gradient == "buffer":
+            current_side = current_side.detach()
+        elif continual.cra_gradient == "current":
+            buffer_side = buffer_side.detach()
         if continual.cra_anchor == "previous":
             current_side = previous["bottleneck"][~buffered].to(features.dtype)
         keys = None
@@ -215,7 +219,7 @@ class DAKR(Replay):
         elif continual.cra_pair_space == "projection":
             keys = (self._project(features[buffered].detach()), self._project(features[~buffered].detach()))
         return pair_features(
-            features[buffered], current_side, batch.labels[buffered], batch.labels[~buffered],
+            buffer_side, current_side, batch.labels[buffered], batch.labels[~buffered],
             continual.pairing, self.mapping, ctx.num_classes, keys,
         )
 
