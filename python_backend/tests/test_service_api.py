@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 import dakr.service.app as app_module
 from dakr import API_VERSION
+from dakr.data.errors import ImageGridError
 from dakr.data.site import discover_site
 from dakr.progress import JsonLinesProgress, ProgressEvent
 from dakr.service import create_app, serve_main
@@ -43,6 +44,7 @@ from test_service_support import (
 )
 
 API = "/api/v1"
+SHIFT_HEADERS = ("X-DAKR-Shift-Score", "X-DAKR-Shift-Threshold", "X-DAKR-Out-Of-Distribution", "X-DAKR-Nearest-Site")
 TOKEN = "a-test-token-of-sufficient-length"
 
 
@@ -108,6 +110,7 @@ def test_openapi_schema_documents_every_route_with_response_models(store: Store)
         "/models/{version_id}/evaluate": "post", "/evaluation/matrix": "get", "/predict": "post",
         "/sites/{site}/cases/{case_id}/image": "get", "/sites/{site}/cases/{case_id}/label": "get",
         "/sites/{site}/cases/{case_id}/prediction": "get", "/sites/{site}/cases/{case_id}/dice": "get",
+        "/sites/{site}/cases/{case_id}/uncertainty": "get",
     }
     for path, method in expected.items():
         assert method in schema["paths"][API + path], path
@@ -117,6 +120,8 @@ def test_openapi_schema_documents_every_route_with_response_models(store: Store)
     assert conflict["$ref"].endswith("/ConflictOut")
     assert {"InfoOut", "SiteOut", "ModelOut", "MatrixOut", "EventsOut", "ProgressEvent"} <= set(schema["components"]["schemas"])
     assert {"stage", "step", "total", "losses", "eta_s"} <= set(schema["components"]["schemas"]["ProgressEvent"]["properties"])
+    for path, method in (("/predict", "post"), ("/sites/{site}/cases/{case_id}/uncertainty", "get")):
+        assert set(schema["paths"][API + path][method]["responses"]["200"]["headers"]) == set(SHIFT_HEADERS), path
 
 
 # -- security ------------------------------------------------------------------------------------
@@ -508,6 +513,55 @@ def test_audit_files_of_a_stored_case(populated_client: TestClient, populated: S
     assert populated_client.get(f"{API}/sites/A/cases/nocase/image").status_code == 404
     assert populated_client.get(f"{API}/sites/Z/cases/{case.case_id}/image").status_code == 404
     assert populated_client.get(f"{API}/sites/A/cases/{case.case_id}/prediction", params={"version": 4}).status_code == 404
+
+
+def test_uncertainty_of_a_stored_case_is_the_upload_answer_without_the_upload(populated_client: TestClient, populated: Store) -> None:
+    case = populated.cases("A", "audit")[0]
+    url = f"{API}/sites/A/cases/{case.case_id}/uncertainty"
+    response = populated_client.get(url, params={"version": 1})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/gzip"
+    assert f'filename="A_{case.case_id}_v1_uncertainty.nii.gz"' in response.headers["content-disposition"]
+    uncertainty = decoded(response.content)
+    assert_same_geometry(uncertainty, sitk.ReadImage(str(case.image_path)))
+    values = sitk.GetArrayFromImage(uncertainty)
+    assert uncertainty.GetPixelID() == sitk.sitkFloat32 and 0.0 <= values.min() <= values.max() <= 1.0
+    score, threshold = float(response.headers["X-DAKR-Shift-Score"]), float(response.headers["X-DAKR-Shift-Threshold"])
+    assert response.headers["X-DAKR-Out-Of-Distribution"] == ("true" if score > threshold else "false")
+    assert response.headers["X-DAKR-Nearest-Site"] == "A"
+    uploaded = populated_client.post(f"{API}/predict", files={"file": ("scan.nii.gz", case.image_path.read_bytes())},
+                                     params={"version": 1, "output": "uncertainty"})
+    assert uploaded.status_code == 200, uploaded.text
+    assert {name: response.headers[name] for name in SHIFT_HEADERS} == {name: uploaded.headers[name] for name in SHIFT_HEADERS}
+    assert np.array_equal(values, sitk.GetArrayFromImage(decoded(uploaded.content)))
+    active = populated_client.get(url)
+    assert active.status_code == 200 and active.headers["X-DAKR-Nearest-Site"] in ("A", "B")
+    assert 'filename="A_' + case.case_id + '_v2_uncertainty.nii.gz"' in active.headers["content-disposition"]
+    assert list(populated.temp_path.iterdir()) == [], "the temporary map is removed after the response"
+
+
+def test_uncertainty_of_a_stored_case_errors_leave_no_temporary_file(
+    populated_client: TestClient, populated: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    case = audit_case(populated, "A")
+    assert populated_client.get(f"{API}/sites/A/cases/nocase/uncertainty").status_code == 404
+    assert populated_client.get(f"{API}/sites/Z/cases/{case}/uncertainty").status_code == 404
+    assert populated_client.get(f"{API}/sites/A/cases/{case}/uncertainty", params={"version": 4}).status_code == 404
+    no_model = Store.init(tmp_path / "no-model")
+    no_model.add_site("A", discover_site(write_site(tmp_path / "site")), audit_fraction=0.25)
+    with local_client(create_app(no_model.path)) as client:
+        refused = client.get(f"{API}/sites/A/cases/{audit_case(no_model, 'A')}/uncertainty")
+    assert refused.status_code == 409 and "no model yet" in refused.json()["detail"]
+
+    def over_the_grid_limit(*args: object, source: str, **kwargs: object) -> None:
+        raise ImageGridError(source, "resampled grid over the limit", "raise DAKR_MAX_VOXELS")
+
+    monkeypatch.setattr("dakr.service.routes_audit.predict_with_shift", over_the_grid_limit)
+    failed = populated_client.get(f"{API}/sites/A/cases/{case}/uncertainty")
+    assert failed.status_code == 422 and f"case {case} of site A" in failed.json()["detail"]
+    assert list(populated.temp_path.iterdir()) == [], "the temporary folder is removed when the prediction fails"
+    populated_client.post(f"{API}/sites/A/purge")
+    assert populated_client.get(f"{API}/sites/A/cases/{case}/uncertainty").status_code == 410
 
 
 def test_purge_keeps_metrics_and_removes_volumes(populated_client: TestClient, populated: Store) -> None:

@@ -46,6 +46,7 @@ def test_overflowing_integers_get_422(client: TestClient, store: Store, number: 
         ("get", f"/models/{number}/download", {}),
         ("post", f"/models/{number}/evaluate", {}),
         ("get", f"/sites/A/cases/{case}/prediction", {"params": {"version": number}}),
+        ("get", f"/sites/A/cases/{case}/uncertainty", {"params": {"version": number}}),
         ("get", f"/sites/A/cases/{case}/dice", {"params": {"before": number, "after": 1}}),
         ("get", "/jobs/x/events", {"params": {"since": number}}),
     ]

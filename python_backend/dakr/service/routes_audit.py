@@ -1,8 +1,10 @@
-"""Audit view of a stored case: its image, label map, a version's prediction and per-case Dice."""
+"""Audit view of a stored case: its image, label map, a version's prediction, its uncertainty map with
+the shift verdict, and per-case Dice."""
 
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -10,15 +12,19 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse
 
 from dakr import pipeline
+from dakr.data.io import read_image
 from dakr.service.context import (
     ServiceContext,
     case_or_404,
     get_context,
     site_or_404,
+    temp_folder,
     version_or_404,
     version_or_active,
 )
 from dakr.service.schemas import MAX_INT, ActiveOrVersion, CaseDiceOut, CaseStructureDiceOut, ErrorOut
+from dakr.service.shift_responses import SHIFT_HEADERS_DOC, shift_file_response
+from dakr.shift import predict_with_shift
 from dakr.store.aggregate import foreground_dice, mean_skipping_nan
 
 router = APIRouter(tags=["audit"])
@@ -29,6 +35,7 @@ _FILE_RESPONSES = {
     404: {"model": ErrorOut, "description": "unknown site, case or version"},
     410: {"model": ErrorOut, "description": "the site was purged"},
 }
+_NO_MODEL = {409: {"model": ErrorOut, "description": "no model yet"}}
 
 
 def _nifti(path: Path, name: str) -> FileResponse:
@@ -50,7 +57,7 @@ def case_label(site: str, case_id: str, context: ServiceContext = Depends(get_co
 @router.get(
     _CASE + "/prediction",
     response_class=FileResponse,
-    responses={**_FILE_RESPONSES, 409: {"model": ErrorOut, "description": "no model yet"}},
+    responses={**_FILE_RESPONSES, **_NO_MODEL},
     summary="A version's prediction for a case (cached after the first request)",
 )
 def case_prediction(
@@ -64,6 +71,43 @@ def case_prediction(
     with context.torch_work:
         path = pipeline.audit_prediction(context.store, version_id, record.site, record.case_id)
     return _nifti(path, f"{site}_{case_id}_v{version_id}.nii.gz")
+
+
+@router.get(
+    _CASE + "/uncertainty",
+    response_class=FileResponse,
+    responses={
+        **_FILE_RESPONSES,
+        200: {
+            "content": {"application/gzip": {}},
+            "description": "the voxel-wise normalised entropy (0-1) as NIfTI (.nii.gz) on the stored image's grid; the "
+            "headers carry the case's shift verdict, as for POST /predict",
+            "headers": SHIFT_HEADERS_DOC,
+        },
+        **_NO_MODEL,
+        422: {"model": ErrorOut, "description": "the case's resampled grid is over the server's limits"},
+    },
+    summary="A version's uncertainty map and shift verdict for a stored case (computed on each request)",
+)
+def case_uncertainty(
+    site: str,
+    case_id: str,
+    version: ActiveOrVersion = None,
+    context: ServiceContext = Depends(get_context),
+) -> FileResponse:
+    """What ``POST /predict?output=uncertainty`` answers for the stored image, without uploading it again."""
+    record = case_or_404(context.store, site, case_id)
+    version_id = version_or_active(context.store, version)
+    folder = temp_folder(context.store)
+    try:
+        with context.torch_work:
+            image = read_image(record.image_path)
+            result = predict_with_shift(context.store, image, version_id, source=f"case {case_id} of site {site}")
+        return shift_file_response(folder, result.uncertainty, f"{site}_{case_id}_v{version_id}_uncertainty.nii.gz", result,
+                                   "application/gzip")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 @router.get(

@@ -11,12 +11,12 @@ from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile, 
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
-from dakr.data.io import write_image
 from dakr.data.site import case_id_from_image
 from dakr.governance.decisions import activate_checked, statuses, version_status
 from dakr.service.context import ServiceContext, get_context, temp_folder, version_or_404, version_or_active
 from dakr.service.schemas import ActiveOrVersion, ErrorOut, JobCreatedOut, MatrixOut, ModelOut, VersionPath
 from dakr.service.security import safe_name
+from dakr.service.shift_responses import SHIFT_HEADERS_DOC, shift_file_response
 from dakr.service.uploads import FORMAT_SUFFIXES, check_volume, read_uploaded_volume
 from dakr.shift import predict_with_shift
 from dakr.store import StoreError, VersionInfo
@@ -103,9 +103,9 @@ def evaluation_matrix(context: ServiceContext = Depends(get_context)) -> MatrixO
     responses={
         200: {
             "content": {"application/octet-stream": {}},
-            "description": "label map (or uncertainty map), same format and geometry as the input; headers "
-            "X-DAKR-Shift-Score, X-DAKR-Shift-Threshold, X-DAKR-Out-Of-Distribution and X-DAKR-Nearest-Site carry the "
-            "case's shift verdict",
+            "description": "label map (or uncertainty map), same format and geometry as the input; the headers carry "
+            "the case's shift verdict",
+            "headers": SHIFT_HEADERS_DOC,
         },
         400: {"model": ErrorOut, "description": "invalid file name or unreadable volume"},
         409: {"model": ErrorOut, "description": "no model yet"},
@@ -129,7 +129,6 @@ def predict(
     name = safe_name(file.filename, "file")
     suffix = FORMAT_SUFFIXES[check_volume(name, file.file)]
     folder = temp_folder(context.store)
-    cleanup = BackgroundTask(shutil.rmtree, folder)
     try:
         source = folder / name
         with source.open("wb") as handle:
@@ -137,15 +136,9 @@ def predict(
         image = read_uploaded_volume(source)
         with context.torch_work:
             result = predict_with_shift(context.store, image, version_id, source=name)
-        target = folder / f"{case_id_from_image(name)}{'_uncertainty' if output == 'uncertainty' else ''}{suffix}"
-        write_image(result.labels if output == "labels" else result.uncertainty, target)
+        target = f"{case_id_from_image(name)}{'_uncertainty' if output == 'uncertainty' else ''}{suffix}"
+        return shift_file_response(folder, result.labels if output == "labels" else result.uncertainty, target, result,
+                                   "application/octet-stream")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    headers = {
-        "X-DAKR-Shift-Score": f"{result.shift_score:.4f}",
-        "X-DAKR-Shift-Threshold": f"{result.threshold:.4f}",
-        "X-DAKR-Out-Of-Distribution": "true" if result.out_of_distribution else "false",
-        "X-DAKR-Nearest-Site": result.nearest_site,
-    }
-    return FileResponse(target, media_type="application/octet-stream", filename=target.name, headers=headers, background=cleanup)
