@@ -1130,12 +1130,12 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.runInBackground("site-check", lambda control: client.site_check(site), show, message, onError=failed)
 
     def checkCaseShift(self, case: audit.AuditCase) -> None:
-        """The after version's shift flag and uncertainty map of the shown case (one prediction on a worker)."""
+        """The after version's shift flag and uncertainty map of the shown case, computed by the backend from
+        the image it stores (one request on a worker)."""
         session = self.logic.requireSession()
         name = f"{case.site} / {case.case_id}"
         self.ui.caseShiftLabel.styleSheet = ""
         self.ui.caseShiftLabel.text = f"Checking {name} for site shift under v{case.after_version} ..."
-        image = session.write_case_image(case)
 
         def show(prediction: PredictionFile) -> None:
             if session.audit_case is not case:
@@ -1152,8 +1152,10 @@ class DAKRSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.caseShiftLabel.text = f"The shift of {name} was not checked: {error}"
                 self.ui.caseShiftLabel.styleSheet = ""
 
-        self.runInBackground("case-shift", lambda control: session.predict_case(image, case.after_version, lambda: control.cancelled),
-                             show, f"Cannot show the shift of {name}.", onError=failed)
+        def fetch(control: TaskControl) -> PredictionFile:
+            return session.fetch_case_uncertainty(case.site, case.case_id, case.after_version, lambda: control.cancelled)
+
+        self.runInBackground("case-shift", fetch, show, f"Cannot show the shift of {name}.", onError=failed)
 
     def onRankImages(self) -> None:
         """Pick unlabelled images, upload them on a worker with a cancellable progress dialog, show their order."""

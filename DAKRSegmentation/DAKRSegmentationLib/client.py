@@ -186,20 +186,24 @@ class BackendClient:
     def _download(self, path: str, destination: Path, query: dict[str, Any] | None = None,
                   timeout_s: float | None = None, slow_reason: str | None = None,
                   cancelled: Callable[[], bool] | None = None) -> Path:
-        Path(destination).parent.mkdir(parents=True, exist_ok=True)
-        with self._open("GET", path, query=query, headers={"Accept": "*/*"}, timeout_s=timeout_s,
-                        slow_reason=slow_reason) as response:
+        with self._open_download(path, destination, query, timeout_s, slow_reason) as response:
             return _save(response, path, destination, cancelled)
 
+    def _open_download(self, path: str, destination: Path, query: dict[str, Any] | None, timeout_s: float | None,
+                       slow_reason: str | None):
+        """Open a ``GET`` of a file to be saved at ``destination`` (whose folder is created); the caller closes it."""
+        Path(destination).parent.mkdir(parents=True, exist_ok=True)
+        return self._open("GET", path, query=query, headers={"Accept": "*/*"}, timeout_s=timeout_s, slow_reason=slow_reason)
+
     def _post_files(self, path: str, fields: list[tuple[str, str]], files: list[tuple[str, str, Path]], *,
-                    query: dict[str, Any] | None = None, accept: str = "application/json", timeout_s: float | None = None,
+                    query: dict[str, Any] | None = None, timeout_s: float | None = None,
                     slow_reason: str | None = None, on_progress: Callable[[int, int], None] | None = None):
         """Open a streamed ``multipart/form-data`` POST; ``on_progress(sent, total)`` is called per chunk
         sent, and an exception it raises aborts the upload. The caller reads and closes the response."""
         body, content_type, length = _multipart(fields, files)
         if on_progress is not None:
             body.on_progress = lambda sent: on_progress(sent, length)
-        headers = {"Content-Type": content_type, "Content-Length": str(length), "Accept": accept}
+        headers = {"Content-Type": content_type, "Content-Length": str(length)}
         return self._open("POST", path, query=query, body=body, headers=headers, timeout_s=timeout_s, slow_reason=slow_reason)
 
     # -- service ------------------------------------------------------------------------------
@@ -295,6 +299,21 @@ class BackendClient:
                                               "stored; on a CPU a large case can take minutes", cancelled=cancelled)
         return self._download(path, destination, cancelled=cancelled)
 
+    def case_uncertainty(self, site: str, case_id: str, destination: Path, version: int | None = None,
+                         cancelled: Callable[[], bool] | None = None) -> PredictionFile:
+        """``GET /sites/{site}/cases/{case_id}/uncertainty``: the voxel-wise uncertainty (normalised entropy,
+        0-1) of ``version`` (default: the active one) on a stored case, computed by the backend from the image it
+        stores and saved at ``destination`` (NIfTI), and the case's shift verdict from the response headers."""
+        path = f"/sites/{_quote(site)}/cases/{_quote(case_id)}/uncertainty"
+        with self._open_download(path, destination, {"version": version}, max(self.timeout_s, PREDICTION_TIMEOUT_S),
+                                 f"it runs the model on {case_id} in the request; on a CPU a large case can take "
+                                 "minutes") as response:
+            try:
+                shift = ShiftFlag.from_headers(response.headers)
+            except ValueError as error:
+                raise BackendError(f"GET {path} answered without a usable shift verdict: {error}") from None
+            return PredictionFile(_save(response, path, destination, cancelled), shift)
+
     # -- site shift ---------------------------------------------------------------------------
     def site_check(self, site: str) -> dict[str, Any]:
         """``GET /sites/{site}/check``: how far a registered site is from the known ones, the active
@@ -304,25 +323,6 @@ class BackendClient:
         return self._json("GET", f"/sites/{_quote(site)}/check", timeout_s=max(self.timeout_s, PREDICTION_TIMEOUT_S),
                           slow_reason=f"it runs the active model on every case of {site} on request; on a CPU that "
                                       "can take minutes")
-
-    def predict(self, image: Path, destination: Path, version: int | None = None, output: str = "labels",
-                cancelled: Callable[[], bool] | None = None) -> PredictionFile:
-        """``POST /predict`` with one volume: its ``labels`` or its voxel-wise ``uncertainty`` (normalised
-        entropy, 0-1) of ``version`` (default: the active one), saved at ``destination``, and the
-        case's shift verdict from the response headers."""
-        if output not in ("labels", "uncertainty"):
-            raise ValueError(f"output must be labels or uncertainty, got {output!r}")
-        image = Path(image)
-        Path(destination).parent.mkdir(parents=True, exist_ok=True)
-        with self._post_files("/predict", [], [("file", image.name, image)], query={"version": version, "output": output},
-                              accept="*/*", timeout_s=max(self.timeout_s, PREDICTION_TIMEOUT_S),
-                              slow_reason=f"it runs the model on {image.name} in the request; on a CPU a large "
-                                          "volume can take minutes") as response:
-            try:
-                shift = ShiftFlag.from_headers(response.headers)
-            except ValueError as error:
-                raise BackendError(f"POST /predict answered without a usable shift verdict: {error}") from None
-            return PredictionFile(_save(response, "/predict", destination, cancelled), shift)
 
     def rank_images(self, images: list[Path], seed: int = 0,
                     on_progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
@@ -342,15 +342,20 @@ class BackendClient:
 
 
 def _save(response, path: str, destination: Path, cancelled: Callable[[], bool] | None) -> Path:
-    """Stream a response body to ``destination`` through a ``.part`` file (nothing half-written is left there)."""
+    """Stream a response body to ``destination`` through a ``.part`` file, removed when the download
+    fails or is cancelled (nothing half-written is left behind)."""
     destination = Path(destination)
     partial = destination.with_name(destination.name + ".part")
-    with partial.open("wb") as handle:
-        while chunk := response.read(_CHUNK):
-            if cancelled is not None and cancelled():
-                raise BackendError(f"Download of {path} cancelled.")
-            handle.write(chunk)
-    os.replace(partial, destination)
+    try:
+        with partial.open("wb") as handle:
+            while chunk := response.read(_CHUNK):
+                if cancelled is not None and cancelled():
+                    raise BackendError(f"Download of {path} cancelled.")
+                handle.write(chunk)
+        os.replace(partial, destination)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return destination
 
 

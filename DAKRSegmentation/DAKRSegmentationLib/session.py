@@ -7,6 +7,7 @@ import json
 import shutil
 import tempfile
 import urllib.parse
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -239,24 +240,13 @@ class Session:
         self.audit_case = audit.load_audit_files(self.scene, files, self.label_names or {}, colors)
         return self.audit_case
 
-    def write_case_image(self, case: audit.AuditCase) -> Path:
-        """Write the shown case's image to a new folder, ready for :meth:`predict_case` (GUI thread: reads MRML)."""
-        folder = Path(tempfile.mkdtemp(prefix="shift-", dir=self._work_folder()))
-        try:
-            return mrmlio.write_volume(case.image, folder / f"{case.case_id}.nii.gz")
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-
-    def predict_case(self, image: Path, version: int, cancelled: Callable[[], bool] | None = None) -> PredictionFile:
-        """The uncertainty map and shift verdict of ``version`` on an image written by :meth:`write_case_image`,
-        whose folder is removed (no MRML: safe on a worker thread)."""
-        image = Path(image)
-        try:
-            return self.client.predict(image, self._work_folder() / f"{image.parent.name}_uncertainty.nii.gz", version,
-                                       "uncertainty", cancelled)
-        finally:
-            shutil.rmtree(image.parent, ignore_errors=True)
+    def fetch_case_uncertainty(self, site: str, case_id: str, version: int,
+                               cancelled: Callable[[], bool] | None = None) -> PredictionFile:
+        """The uncertainty map and shift verdict of ``version`` on a stored case, computed by the backend from
+        the image it stores, in a new file of the work folder that :func:`audit.attach_shift` loads and
+        removes (no MRML: safe on a worker thread)."""
+        destination = self._work_folder() / f"uncertainty-{uuid.uuid4().hex}.nii.gz"
+        return self.client.case_uncertainty(site, case_id, destination, version, cancelled)
 
     def fetch_audit_table(self, site: str, before: int, after: int) -> list[regressions.CaseRegression]:
         """The per-case, per-structure Dice of a site's audit cases (no MRML: safe on a worker thread)."""

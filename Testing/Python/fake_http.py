@@ -109,6 +109,7 @@ SITE_CHECK = {
 
 
 def shift_headers(score: float, threshold: float, nearest_site: str = "A") -> dict[str, str]:
-    """The shift headers of a ``POST /api/v1/predict`` answer, formatted as the backend formats them."""
+    """The shift headers of a prediction (``POST /api/v1/predict``, ``GET .../cases/{case_id}/uncertainty``),
+    formatted as the backend formats them."""
     return {"X-DAKR-Shift-Score": f"{score:.4f}", "X-DAKR-Shift-Threshold": f"{threshold:.4f}",
             "X-DAKR-Out-Of-Distribution": "true" if score > threshold else "false", "X-DAKR-Nearest-Site": nearest_site}

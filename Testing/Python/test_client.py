@@ -287,29 +287,37 @@ def test_site_check_is_parsed_and_no_model_keeps_its_status(fake) -> None:
     (2.5, True, "Out of distribution: shift 2.50 > threshold 1.20 — check this result (nearest known site: A)"),
     (0.7, False, "In distribution (shift 0.70 ≤ 1.20; nearest known site: A)"),
 ])
-def test_prediction_uploads_the_volume_and_reads_the_shift_headers(fake, tmp_path: Path, score: float, flagged: bool,
-                                                                   text: str) -> None:
-    server = fake({("POST", "/api/v1/predict"): (200, b"entropy map", shift_headers(score, 1.2))})
-    image = tmp_path / "c1.nii.gz"
-    image.write_bytes(b"volume bytes")
-    prediction = BackendClient(server.url).predict(image, tmp_path / "out" / "u.nii.gz", version=2, output="uncertainty")
-    assert prediction.path.read_bytes() == b"entropy map"
+def test_a_stored_case_uncertainty_is_downloaded_with_its_shift_headers(fake, tmp_path: Path, score: float, flagged: bool,
+                                                                       text: str) -> None:
+    server = fake({("GET", "/api/v1/sites/A/cases/c1/uncertainty"): (200, b"entropy map", shift_headers(score, 1.2))})
+    prediction = BackendClient(server.url).case_uncertainty("A", "c1", tmp_path / "out" / "u.nii.gz", version=2)
+    assert prediction.path == tmp_path / "out" / "u.nii.gz" and prediction.path.read_bytes() == b"entropy map"
     assert prediction.shift.out_of_distribution is flagged and prediction.shift.text == text
     assert prediction.shift.color == (shift.OUT_OF_DISTRIBUTION_COLOR if flagged else shift.IN_DISTRIBUTION_COLOR)
     (request,) = server.requests
-    assert request.query == {"version": ["2"], "output": ["uncertainty"]}
-    assert _parse_multipart(request) == [("file", "c1.nii.gz", b"volume bytes")]
+    assert (request.method, request.query, request.body) == ("GET", {"version": ["2"]}, b"")
+    BackendClient(server.url).case_uncertainty("A", "c1", tmp_path / "active.nii.gz")
+    assert server.requests[-1].query == {}, "no version: the backend's active one"
 
 
-def test_a_prediction_without_shift_headers_is_an_error_that_says_so(fake, tmp_path: Path) -> None:
-    server = fake({("POST", "/api/v1/predict"): (200, b"labels")})
-    image = tmp_path / "c1.nii.gz"
-    image.write_bytes(b"v")
-    with pytest.raises(BackendError, match="without a usable shift verdict.*X-DAKR-Shift-Score header. Fix: update the backend"):
-        BackendClient(server.url).predict(image, tmp_path / "p.nii.gz")
-    assert not (tmp_path / "p.nii.gz").exists()
-    with pytest.raises(ValueError, match="labels or uncertainty"):
-        BackendClient(server.url).predict(image, tmp_path / "p.nii.gz", output="probabilities")
+def test_an_uncertainty_map_without_shift_headers_is_an_error_that_says_so(fake, tmp_path: Path) -> None:
+    server = fake({("GET", "/api/v1/sites/A/cases/c1/uncertainty"): (200, b"map"),
+                   ("GET", "/api/v1/sites/A/cases/c2/uncertainty"): (409, {"detail": "there is no model yet"})})
+    api = BackendClient(server.url)
+    with pytest.raises(BackendError, match="GET /sites/A/cases/c1/uncertainty answered without a usable shift verdict.*"
+                                           "X-DAKR-Shift-Score header. Fix: update the backend"):
+        api.case_uncertainty("A", "c1", tmp_path / "u.nii.gz")
+    with pytest.raises(BackendError, match="no model yet") as raised:
+        api.case_uncertainty("A", "c2", tmp_path / "u.nii.gz")
+    assert raised.value.status == 409
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cancelled_download_leaves_no_partial_file(fake, tmp_path: Path) -> None:
+    server = fake({("GET", "/api/v1/sites/A/cases/c1/uncertainty"): (200, b"map", shift_headers(0.7, 1.2))})
+    with pytest.raises(BackendError, match="cancelled"):
+        BackendClient(server.url).case_uncertainty("A", "c1", tmp_path / "u.nii.gz", cancelled=lambda: True)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ranking_uploads_every_image_with_progress(fake, tmp_path: Path) -> None:

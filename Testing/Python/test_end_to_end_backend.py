@@ -156,7 +156,7 @@ def test_scene_to_backend_to_audit(scene, local_backend: LocalBackend, tmp_path:
     assert (check["site"], check["version"], check["known_sites"]) == ("SiteB", 2, ["SiteA", "SiteB"])
     assert shift.site_check_text(check).startswith("Site SiteB (v2): Looks like site ") and check["verdict"].endswith(
         "adapt" if check["adapt_recommended"] else "adaptation optional")
-    prediction = session.predict_case(session.write_case_image(case), 2)
+    prediction = session.fetch_case_uncertainty("SiteA", case_id, 2)
     assert prediction.shift.threshold > 0 and prediction.shift.nearest_site in ("SiteA", "SiteB")
     audit.attach_shift(scene, case, prediction)
     entropy = slicer.util.arrayFromVolume(case.uncertainty)

@@ -404,7 +404,7 @@ def audit_backend(backend: Backend, tmp_path: Path) -> dict:
         routes[("GET", f"/api/v1/sites/A/cases/{case}/label")] = (200, files[case]["label"])
         routes[("GET", f"/api/v1/sites/A/cases/{case}/prediction")] = lambda r, case=case: (200, files[case][r.query["version"][0]])
         routes[("GET", f"/api/v1/sites/A/cases/{case}/dice")] = (200, {"before": 0.91, "after": 0.87})
-    routes[("POST", "/api/v1/predict")] = (200, uncertainty_map(tmp_path), shift_headers(0.7, 1.2))
+        routes[("GET", f"/api/v1/sites/A/cases/{case}/uncertainty")] = (200, uncertainty_map(tmp_path), shift_headers(0.7, 1.2))
     backend.models = list(MODELS_V2)
     return files
 
@@ -820,7 +820,7 @@ def test_no_widget_call_waits_on_a_slow_backend(gui, backend, tmp_path: Path) ->
     for kind in ("label", "prediction"):
         routes[("GET", f"/api/v1/sites/A/cases/a2/{kind}")] = (200, files["label"])
     routes[("GET", "/api/v1/sites/A/cases/a2/dice")] = (200, {"before": 0.9, "after": 0.9})
-    routes[("POST", "/api/v1/predict")] = (200, uncertainty_map(tmp_path), shift_headers(2.5, 1.2))
+    routes[("GET", "/api/v1/sites/A/cases/a2/uncertainty")] = (200, uncertainty_map(tmp_path), shift_headers(2.5, 1.2))
     routes[("POST", "/api/v1/sites")] = (201, {**SITES[1], "name": "C"})
     routes[("GET", "/api/v1/sites/A/check")] = (200, {**SITE_CHECK, "site": "A"})
     routes[("POST", "/api/v1/rank")] = (200, RANKED)
@@ -980,16 +980,17 @@ def test_a_shift_check_without_a_model_says_so_without_a_dialog(gui, backend, tm
 def test_a_loaded_case_shows_its_shift_flag_and_uncertainty_map(gui, backend, tmp_path: Path, score: float, text: str,
                                                                  color: str) -> None:
     audit_backend(backend, tmp_path)
-    backend.server.routes[("POST", "/api/v1/predict")] = (200, uncertainty_map(tmp_path), shift_headers(score, 1.2))
+    backend.server.routes[("GET", "/api/v1/sites/A/cases/c1/uncertainty")] = (200, uncertainty_map(tmp_path),
+                                                                            shift_headers(score, 1.2))
     connect_remote(gui, backend)
     ui, scene, widget = gui.ui, gui.scene, gui.widget
     ui.auditCasesTableWidget.clickRow(1)
     finish(gui)
 
     assert gui.env.dialogs.errors == [] and gui.env.unhandled == []
-    (request,) = backend.requests("POST", "/predict")
-    assert request.query == {"version": ["2"], "output": ["uncertainty"]}
-    assert b'name="file"; filename="c1.nii.gz"' in request.body
+    (request,) = backend.requests("GET", "/sites/A/cases/c1/uncertainty")
+    assert request.query == {"version": ["2"]} and request.body == b""
+    assert [r for r in backend.server.requests if r.method == "POST"] == [], "the stored case is not uploaded again"
     case = widget.logic.session.audit_case
     assert ui.caseShiftLabel.text == text and color in ui.caseShiftLabel.styleSheet
     assert case.shift.score == score
@@ -1016,18 +1017,20 @@ def test_a_loaded_case_shows_its_shift_flag_and_uncertainty_map(gui, backend, tm
     assert scene.GetFirstNodeByName("A c1 uncertainty (v2)") is None, "the previous case's map goes with it"
     assert all(c.GetForegroundVolumeID() == widget.logic.session.audit_case.uncertainty.GetID() for c in composites)
     work = Path(gui.env.app.temporaryPath)
-    assert list(work.rglob("*uncertainty*")) == [] and list(work.rglob("shift-*")) == [], "no file is left behind"
+    assert list(work.rglob("*uncertainty*")) == [], "no file is left behind"
 
 
 def test_a_failed_case_shift_check_leaves_the_case_shown(gui, backend, tmp_path: Path) -> None:
     audit_backend(backend, tmp_path)
-    backend.server.routes[("POST", "/api/v1/predict")] = (200, b"labels without a verdict")
+    backend.server.routes[("GET", "/api/v1/sites/A/cases/c2/uncertainty")] = (200, b"a map without a verdict")
     connect_remote(gui, backend)
     gui.ui.auditCasesTableWidget.clickRow(0)
     finish(gui)
     case = gui.widget.logic.session.audit_case
     assert case is not None and case.shift is None and case.uncertainty is None
-    assert gui.ui.caseShiftLabel.text.startswith("The shift of A / c2 was not checked: POST /predict answered without")
+    assert gui.ui.caseShiftLabel.text.startswith(
+        "The shift of A / c2 was not checked: GET /sites/A/cases/c2/uncertainty answered without")
+    assert list(Path(gui.env.app.temporaryPath).rglob("*uncertainty*")) == [], "no file is left behind"
     assert gui.env.dialogs.errors == [] and not gui.ui.showUncertaintyCheckBox.enabled
 
 

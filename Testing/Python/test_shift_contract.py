@@ -1,13 +1,16 @@
 """The shift answers the module's tests script (``fake_http``) are the backend's own: the site check
 rebuilt with the backend's code and validated by its response model, and the prediction headers as
-the ``/predict`` route writes them. Needs the backend's dependencies (not part of the Slicer stand-in)."""
+``/predict`` and a stored case's ``/uncertainty`` write them. Needs the backend's dependencies (not part
+of the Slicer stand-in)."""
 
 from __future__ import annotations
 
 import inspect
 
-from dakr.service import routes_models
+from dakr.service import routes_audit, routes_models
 from dakr.service.schemas import RankedImageOut, SiteCheckOut
+from dakr.service.shift_responses import SHIFT_HEADERS_DOC
+from dakr.service.shift_responses import shift_headers as backend_shift_headers
 from dakr.shift.check import CaseShift, SiteCheck
 from dakr.shift.ood import ShiftedPrediction
 from dakr.shift.ranking import RankedImage
@@ -24,14 +27,15 @@ def test_the_scripted_site_check_is_what_the_backend_computes_and_serves() -> No
 
 
 def test_the_scripted_prediction_headers_are_the_routes_headers() -> None:
-    source = inspect.getsource(routes_models.predict)
-    for header in (shift.SCORE_HEADER, shift.THRESHOLD_HEADER, shift.OOD_HEADER, shift.NEAREST_HEADER):
-        assert f'"{header}"' in source
-    for score, threshold in ((2.5, 1.2), (0.7, 1.2)):
-        flag = shift.ShiftFlag.from_headers(shift_headers(score, threshold))
+    for route in (routes_models.predict, routes_audit.case_uncertainty):
+        assert "shift_file_response(" in inspect.getsource(route), route.__name__
+    assert set(SHIFT_HEADERS_DOC) == {shift.SCORE_HEADER, shift.THRESHOLD_HEADER, shift.OOD_HEADER, shift.NEAREST_HEADER}
+    for score, threshold in ((2.5, 1.2), (0.7, 1.2), (1.23456, 1.2)):
         backend = ShiftedPrediction(None, None, score, threshold, "A")
+        assert shift_headers(score, threshold) == backend_shift_headers(backend)
+        flag = shift.ShiftFlag.from_headers(backend_shift_headers(backend))
         assert flag.out_of_distribution == backend.out_of_distribution
-        assert (flag.score, flag.threshold, flag.nearest_site) == (score, threshold, "A")
+        assert (flag.score, flag.threshold, flag.nearest_site) == (round(score, 4), threshold, "A")
 
 
 def test_a_ranked_image_has_the_fields_the_module_shows() -> None:
