@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-#: Response headers of ``POST /predict`` that carry the case's shift verdict.
+#: Response headers that carry the case's shift verdict (``POST /predict``, ``GET .../cases/{case_id}/uncertainty``).
 SCORE_HEADER = "X-DAKR-Shift-Score"
 THRESHOLD_HEADER = "X-DAKR-Shift-Threshold"
 OOD_HEADER = "X-DAKR-Out-Of-Distribution"

@@ -34,7 +34,8 @@ def readme_api_blocks() -> list[str]:
 
 def test_the_section_covers_the_main_flow() -> None:
     script = "\n".join(readme_api_blocks())
-    for route in ('"$API/sites"', '"$API/jobs"', "/events?since=", '"$API/models"', "/activate", '"$API/predict"', "/prediction?version="):
+    for route in ('"$API/sites"', '"$API/jobs"', "/events?since=", '"$API/models"', "/activate", '"$API/predict"', "/prediction?version=",
+                  "/uncertainty?version="):
         assert route in script, route
 
 
@@ -63,8 +64,9 @@ def test_readme_curl_examples_run_against_a_live_server(tmp_path: Path) -> None:
     assert store.active_version().id == 1 and store.site("first").n_audit == 1
     image = sitk.ReadImage(str(next((site / "imagesTr").iterdir())))
     assert sitk.ReadImage(str(work / "prediction.nii.gz")).GetSize() == image.GetSize()
-    for name in ("audit_image", "audit_label", "audit_prediction"):
+    for name in ("audit_image", "audit_label", "audit_prediction", "audit_uncertainty"):
         assert sitk.ReadImage(str(work / f"{name}.nii.gz")).GetDimension() == 3
+    assert "x-dakr-out-of-distribution:" in done.stdout.lower()
     assert '"before"' in done.stdout and '"after"' in done.stdout
 
 

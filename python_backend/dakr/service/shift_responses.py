@@ -15,7 +15,8 @@ from dakr.shift import ShiftedPrediction
 
 #: The verdict headers, as documented in the OpenAPI ``responses`` of the routes that send them.
 SHIFT_HEADERS_DOC = {
-    "X-DAKR-Shift-Score": {"description": "the case's shift score (distance to the nearest known site)", "schema": {"type": "string"}},
+    "X-DAKR-Shift-Score": {"description": "the case's shift score (distance to the nearest known site's mean)",
+                           "schema": {"type": "string"}},
     "X-DAKR-Shift-Threshold": {"description": "the out-of-distribution threshold of the version", "schema": {"type": "string"}},
     "X-DAKR-Out-Of-Distribution": {"description": "true when the score is above the threshold", "schema": {"type": "string"}},
     "X-DAKR-Nearest-Site": {"description": "the known site the case is closest to", "schema": {"type": "string"}},
