@@ -17,6 +17,7 @@ Protocol (README, "Benchmark"):
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -192,12 +193,15 @@ def run_benchmark(
     data_dir: str | Path | None = None,
     sites: list[str] | None = None,
     demo_data: str | Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run the benchmark and write ``results.json``, ``results.md`` and plots into ``out``.
 
     The sites are the demo sequence (built into ``demo_data``, default ``out/data``, or reused
     from there when it was built with the same parameters) or, with ``data_dir``, the site
-    folders ``sites`` inside it (nnU-Net raw layout), in that order.
+    folders ``sites`` inside it (nnU-Net raw layout), in that order. With ``resume``, base models
+    and runs that an earlier call into the same ``out`` finished with the identical spec are
+    reused (an interrupted benchmark continues where it stopped; more seeds add only the new runs).
     """
     config = BenchmarkConfig.load(config_name)
     if strategies:
@@ -228,9 +232,9 @@ def run_benchmark(
         for variant, budget, label in plan
         for seed in range(config.seeds)
     ]
-    _execute(build_base, list(bases.values()), config.workers)
+    _execute(build_base, list(bases.values()), config.workers, resume)
     runs: dict[str, list[dict[str, Any]]] = {}
-    for spec, result in zip(specs, _execute(run_chain, specs, config.workers)):
+    for spec, result in zip(specs, _execute(run_chain, specs, config.workers, resume)):
         runs.setdefault(spec.label, []).append(result)
     step_seconds: dict[str, float] = {}
     if config.timing and len(site_dirs) > 1:
@@ -244,7 +248,7 @@ def run_benchmark(
             _run_spec(config, variants["replay"], main_budget, seed, "replay-matched", site_dirs, out, bases, later)
             for seed in range(config.seeds)
         ]
-        runs["replay-matched"] = _execute(run_chain, matched, config.workers)
+        runs["replay-matched"] = _execute(run_chain, matched, config.workers, resume)
         step_seconds["replay-matched"] = step_seconds["replay"]
     labels = {label: variant for variant, _, label in plan} | ({"replay-matched": variants["replay"]} if "replay-matched" in runs else {})
     strategies_out = {label: _aggregate(label_runs, step_seconds.get(label.split("@")[0])) for label, label_runs in runs.items()}
@@ -312,8 +316,9 @@ def _run_spec(
     shaping = {k: v for k, v in overrides.items() if not k.startswith("continual.") or k.startswith("continual.buffer")}
     key = json.dumps(shaping, sort_keys=True)
     if key not in bases:
+        digest = hashlib.sha1(key.encode()).hexdigest()[:8]
         bases[key] = BaseSpec(
-            str(out / "runs" / f"base{len(bases)}-seed{seed}-buffer{budget}"), [str(d) for d in site_dirs], shaping,
+            str(out / "runs" / f"base-seed{seed}-buffer{budget}-{digest}"), [str(d) for d in site_dirs], shaping,
             config.audit_fraction, config.validation_fraction, config.split_seed, config.split,
         )
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
@@ -323,11 +328,46 @@ def _run_spec(
     )
 
 
-def _execute(function: Callable[[Any], Any], specs: list[Any], workers: int) -> list[Any]:
-    """Run ``function`` on each spec in a fresh child process (own memory peak, own torch state), ``workers`` at a time."""
+def _execute(function: Callable[[Any], Any], specs: list[Any], workers: int, resume: bool = False) -> list[Any]:
+    """Run ``function`` on each spec in a fresh child process (own memory peak, own torch state), ``workers`` at a time.
+
+    Each result is saved beside the spec's store (:func:`_record_path`); with ``resume`` a spec whose
+    saved record holds the identical spec is not run again and its saved result is returned.
+    """
+    reused = {index: _finished(spec) for index, spec in enumerate(specs)} if resume else {}
+    pending = [spec for index, spec in enumerate(specs) if reused.get(index) is None]
+    if len(pending) < len(specs):
+        print(f"== resume: {len(specs) - len(pending)} of {len(specs)} finished runs reused", flush=True)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1) as pool:
-        return list(pool.map(function, specs))
+        fresh = iter(pool.map(function, pending))
+    results = []
+    for index, spec in enumerate(specs):
+        result = reused.get(index)
+        if result is None:
+            result = next(fresh)
+            _record_path(spec).write_text(json.dumps({"spec": asdict(spec), "result": result}))
+        results.append(result)
+    return results
+
+
+def _record_path(spec: BaseSpec | RunSpec) -> Path:
+    """Where the result of ``spec`` is recorded once it finished: beside its store folder."""
+    return Path(spec.store_dir + ".done.json")
+
+
+def _finished(spec: BaseSpec | RunSpec) -> Any:
+    """The recorded result of ``spec`` (``{}`` for a base) when it finished with this identical spec, else ``None``.
+
+    Records keep NaN (a Dice that is undefined) as JSON ``NaN``, so a reused result equals the fresh one.
+    """
+    path = _record_path(spec)
+    if not path.is_file() or not Path(spec.store_dir).is_dir():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("spec") != json.loads(json.dumps(asdict(spec))):
+        return None
+    return record.get("result") or {}
 
 
 def _in_child(function: Any, *args: Any) -> Any:
@@ -352,6 +392,7 @@ def build_base(spec: BaseSpec) -> None:
 
     _single_thread()
     print(f"== base {Path(spec.store_dir).name}", flush=True)
+    _record_path(spec).unlink(missing_ok=True)
     shutil.rmtree(spec.store_dir, ignore_errors=True)
     store = Store.init(spec.store_dir)
     for folder in map(Path, spec.site_dirs):
@@ -375,6 +416,7 @@ def run_chain(spec: RunSpec) -> dict[str, Any]:
     _single_thread()
     print(f"== {spec.label} seed {spec.seed}", flush=True)
     _reset_peak_rss()
+    _record_path(spec).unlink(missing_ok=True)
     shutil.rmtree(spec.store_dir, ignore_errors=True)
     shutil.copytree(spec.base_store, spec.store_dir)
     store = Store.open(spec.store_dir)

@@ -232,7 +232,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     run_benchmark(
         args.config, Path(args.out), strategies=args.strategies, seeds=args.seeds, workers=args.workers,
-        split=args.split, data_dir=args.data, sites=args.sites, demo_data=args.demo_data,
+        split=args.split, data_dir=args.data, sites=args.sites, demo_data=args.demo_data, resume=args.resume,
     )
     return 0
 
@@ -284,6 +284,9 @@ def add_training_verbs(verbs: Verbs) -> None:
     sub.add_argument("--data", help="folder of your own sites in nnU-Net raw layout (instead of the demo data)")
     sub.add_argument("--sites", nargs="+", help="with --data: site folder names inside it, in training order")
     sub.add_argument("--demo-data", help="demo data folder to build into or reuse (default: OUT/data)")
+    sub.add_argument("--resume", action="store_true",
+                     help="reuse the runs an earlier call into the same --out finished with identical settings "
+                          "(continue after an interruption, or add seeds)")
 
 
 # -- model versions ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 import torch
 from synthetic import SITE_CONTRASTS, TINY_OVERRIDES, write_site
 
-from dakr.benchmark import expand_variants, run_benchmark, select_winners, user_site_dirs
+from dakr.benchmark import expand_variants, json_safe, run_benchmark, select_winners, user_site_dirs
 from dakr.cli import main
 from dakr.data.errors import DataError
 from dakr.store import Store
@@ -87,6 +87,27 @@ def test_validation_sweep_scores_validation_cases_and_names_a_winner(tmp_path, s
     assert store.evaluations() == []  # the audit split was never read
     first = results["strategies"]["dakr[lambda_cna=0.1]"]["per_seed"][0]
     assert first["cases"] == {site: split["validation"] for site, split in results["splits"].items()}
+
+
+@pytest.mark.slow
+def test_resume_reuses_finished_runs_and_adds_only_new_seeds(tmp_path, sites, capsys) -> None:
+    changes = {"strategies": ["replay"], "matched_compute": False, "timing": False}
+    _, first = _run(tmp_path, sites, seeds=1, **changes)
+    record = tmp_path / "runs" / "replay-seed0.done.json"
+    written = record.stat().st_mtime_ns
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY_BENCHMARK, **changes, "seeds": 2}))
+    capsys.readouterr()
+    resumed = run_benchmark(str(config), tmp_path, data_dir=sites, sites=list(SITE_CONTRASTS), resume=True)
+    assert capsys.readouterr().out.count("== resume: 1 of 2 finished runs reused") == 2  # base models, then runs
+    assert record.stat().st_mtime_ns == written
+    seeds = resumed["strategies"]["replay"]["per_seed"]
+    assert [seed["seed"] for seed in seeds] == [0, 1]
+    assert json_safe(seeds[0]) == first["strategies"]["replay"]["per_seed"][0]
+    changed = {**changes, "overrides": {**TINY_BENCHMARK["overrides"], "train.lr": 0.002}}
+    config.write_text(json.dumps({**TINY_BENCHMARK, **changed, "seeds": 1}))
+    run_benchmark(str(config), tmp_path, data_dir=sites, sites=list(SITE_CONTRASTS), resume=True)
+    assert record.stat().st_mtime_ns != written  # other settings: the run is done again
 
 
 def test_grid_variants_expand_with_their_overrides() -> None:
