@@ -36,6 +36,7 @@ from dakr.config import ExperimentConfig, apply_overrides
 from dakr.continual.strategies import MAIN_STRATEGIES, get_strategy
 from dakr.evaluation.continual_metrics import acc, bwt, forgetting, fwt
 from dakr.evaluation.statistics import paired_bootstrap, sample_std
+from dakr.governance.strict_json import json_safe
 from dakr.progress import ProgressEvent, format_event
 from dakr.shipped_configs import benchmark_config_names, benchmark_config_path
 
@@ -673,14 +674,3 @@ def select_winners(strategies: dict[str, dict[str, Any]], variants: dict[str, Va
                 "variant": label, "overrides": variant.overrides, "acc": row["acc"], "acc_std": row["acc_std"], "buffer": main_budget,
             }
     return winners
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN float replaced by ``None`` (strict JSON)."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value

@@ -9,9 +9,10 @@ import pytest
 import torch
 from synthetic import SITE_CONTRASTS, TINY_OVERRIDES, write_site
 
-from dakr.benchmark import expand_variants, json_safe, run_benchmark, select_winners, user_site_dirs
+from dakr.benchmark import expand_variants, run_benchmark, select_winners, user_site_dirs
 from dakr.cli import main
 from dakr.data.errors import DataError
+from dakr.governance.strict_json import json_safe
 from dakr.store import Store
 
 TINY_BENCHMARK = {
