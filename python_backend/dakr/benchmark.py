@@ -25,7 +25,7 @@ import multiprocessing
 import resource
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -332,24 +332,30 @@ def _run_spec(
 def _execute(function: Callable[[Any], Any], specs: list[Any], workers: int, resume: bool = False) -> list[Any]:
     """Run ``function`` on each spec in a fresh child process (own memory peak, own torch state), ``workers`` at a time.
 
-    Each result is saved beside the spec's store (:func:`_record_path`); with ``resume`` a spec whose
-    saved record holds the identical spec is not run again and its saved result is returned.
+    Each result is recorded beside the spec's store (:func:`_record_path`) as soon as its run ends, so
+    an interruption or a failed run loses only the runs in flight; with ``resume`` a spec whose record
+    holds the identical spec is not run again and its recorded result is returned. The first failure
+    is raised once every other run has ended.
     """
-    reused = {index: _finished(spec) for index, spec in enumerate(specs)} if resume else {}
-    pending = [spec for index, spec in enumerate(specs) if reused.get(index) is None]
-    if len(pending) < len(specs):
-        print(f"== resume: {len(specs) - len(pending)} of {len(specs)} finished runs reused", flush=True)
+    results = {index: _finished(spec) for index, spec in enumerate(specs)} if resume else {}
+    results = {index: result for index, result in results.items() if result is not None}
+    if results:
+        print(f"== resume: {len(results)} of {len(specs)} finished runs reused", flush=True)
+    failure: BaseException | None = None
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, max_tasks_per_child=1) as pool:
-        fresh = iter(pool.map(function, pending))
-    results = []
-    for index, spec in enumerate(specs):
-        result = reused.get(index)
-        if result is None:
-            result = next(fresh)
-            _record_path(spec).write_text(json.dumps({"spec": asdict(spec), "result": result}))
-        results.append(result)
-    return results
+        futures = {pool.submit(function, spec): index for index, spec in enumerate(specs) if index not in results}
+        for future in as_completed(futures):
+            index = futures[future]
+            try:
+                results[index] = future.result()
+            except Exception as error:  # the other runs still finish and are recorded
+                failure = failure or error
+                continue
+            _record_path(specs[index]).write_text(json.dumps({"spec": asdict(specs[index]), "result": results[index]}))
+    if failure is not None:
+        raise failure
+    return [results[index] for index in range(len(specs))]
 
 
 def _record_path(spec: BaseSpec | RunSpec) -> Path:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from synthetic import SITE_CONTRASTS, TINY_OVERRIDES, write_site
 
-from dakr.benchmark import expand_variants, run_benchmark, select_winners, user_site_dirs
+from dakr.benchmark import _execute, expand_variants, run_benchmark, select_winners, user_site_dirs
 from dakr.cli import main
 from dakr.data.errors import DataError
 from dakr.governance.strict_json import json_safe
@@ -109,6 +111,30 @@ def test_resume_reuses_finished_runs_and_adds_only_new_seeds(tmp_path, sites, ca
     config.write_text(json.dumps({**TINY_BENCHMARK, **changed, "seeds": 1}))
     run_benchmark(str(config), tmp_path, data_dir=sites, sites=list(SITE_CONTRASTS), resume=True)
     assert record.stat().st_mtime_ns != written  # other settings: the run is done again
+
+
+@dataclass
+class _Spec:
+    store_dir: str
+    fail: bool
+
+
+def _make_store(spec: _Spec) -> dict[str, str]:
+    """A stand-in run (in a child process): creates its store folder, or fails."""
+    Path(spec.store_dir).mkdir()
+    if spec.fail:
+        raise ValueError(f"run {spec.store_dir} failed")
+    return {"store": spec.store_dir}
+
+
+def test_a_failed_run_keeps_the_finished_ones_for_resume(tmp_path) -> None:
+    good, bad = _Spec(str(tmp_path / "good"), False), _Spec(str(tmp_path / "bad"), True)
+    with pytest.raises(ValueError, match="failed"):
+        _execute(_make_store, [good, bad], workers=2)
+    assert (tmp_path / "good.done.json").is_file() and not (tmp_path / "bad.done.json").exists()
+    shutil.rmtree(tmp_path / "bad")
+    retry = _Spec(bad.store_dir, False)
+    assert _execute(_make_store, [good, retry], workers=2, resume=True) == [{"store": good.store_dir}, {"store": retry.store_dir}]
 
 
 def test_grid_variants_expand_with_their_overrides() -> None:
