@@ -138,6 +138,10 @@ class ContinualConfig:
     #: fixed target, so CRA moves only the buffered samples' features and leaves the new site's
     #: free to learn) or ``"current"`` (the buffered side is the fixed target).
     cra_gradient: str = "both"
+    #: How deep CRA's gradient reaches into the encoder: ``"encoder"`` (every encoder block) or
+    #: ``"bottleneck"`` (only the bottleneck block: CRA sees the bottleneck recomputed from its
+    #: detached input, so the earlier blocks stay free to adapt to the new site's contrast).
+    cra_reach: str = "encoder"
     #: Use the trainable feature mapping block in CRA (else GAP of raw features).
     mapping_block: bool = True
     mapping_hidden: int = 128
@@ -166,6 +170,7 @@ class ContinualConfig:
             "cra_pair_space": ("previous", "projection", "current"),
             "cra_anchor": ("none", "previous"),
             "cra_gradient": ("both", "buffer", "current"),
+            "cra_reach": ("encoder", "bottleneck"),
             "hsic_estimator": ("unbiased", "biased"),
         }
         for name, allowed in choices.items():

@@ -139,6 +139,8 @@ def test_new_options_are_validated():
         apply_overrides(ExperimentConfig(), {"continual.cra_pair_space": "labels"})
     with pytest.raises(ConfigError, match="continual.cra_gradient"):
         apply_overrides(ExperimentConfig(), {"continual.cra_gradient": "neither"})
+    with pytest.raises(ConfigError, match="continual.cra_reach"):
+        apply_overrides(ExperimentConfig(), {"continual.cra_reach": "decoder"})
     with pytest.raises(ConfigError, match="continual.hsic_queue"):
         apply_overrides(ExperimentConfig(), {"continual.hsic_queue": -1})
     defaults = ExperimentConfig().continual
@@ -292,6 +294,25 @@ def test_cra_gradient_reaches_only_the_chosen_side(side, moved, fixed):
     rows = {"buffer": batch.from_buffer, "current": ~batch.from_buffer}
     assert all(features.grad[rows[name]].abs().sum() > 0 for name in moved)
     assert all(features.grad[rows[name]].abs().sum() == 0 for name in fixed)
+
+
+@pytest.mark.parametrize(("reach", "earlier_blocks_move"), [("encoder", True), ("bottleneck", False)])
+def test_cra_reach_chooses_how_deep_the_gradient_goes(reach, earlier_blocks_move):
+    config = config_with(**{"continual.cra_reach": reach})
+    ctx = stage_context(config, drift=0.2, buffer_size=8)
+    strategy = get_strategy("dakr-cra")(config)
+    strategy.before_stage(ctx)
+    current_images, current_labels = ctx.sampler.sample(8, np.random.default_rng(5))
+    batch = strategy.adapt_batch(ctx, Batch(torch.from_numpy(current_images), torch.from_numpy(current_labels), torch.zeros(8, dtype=torch.bool)))
+    tap = BottleneckTap(ctx.model)
+    ctx.model(batch.images)
+    strategy.extra_losses(ctx, batch, None, tap.features)["cra"].backward()
+    strategy.after_stage(ctx)
+    gradient = {name: sum(p.grad.abs().sum().item() for p in module.parameters() if p.grad is not None)
+                for name, module in (("input", ctx.model.input_block), ("bottleneck", ctx.model.bottleneck))}
+    assert gradient["bottleneck"] > 0
+    assert (gradient["input"] > 0) is earlier_blocks_move
+    assert list(ctx.model.bottleneck._forward_hooks) == [tap._handle.id]
 
 
 @pytest.mark.slow

@@ -58,7 +58,8 @@ def prenorm_module(model: nn.Module) -> nn.Module:
 
 
 class BottleneckTap:
-    """Keeps the bottleneck feature map of the latest forward pass of ``model``.
+    """Keeps the bottleneck feature map of the latest forward pass of ``model``, and the input
+    of the tapped module in ``inputs``.
 
     With ``prenorm=True`` it keeps the bottleneck's activations before its final normalisation
     and activation (the output of :func:`prenorm_module`) instead.
@@ -73,10 +74,12 @@ class BottleneckTap:
 
     def __init__(self, model: nn.Module, prenorm: bool = False) -> None:
         self.features: torch.Tensor | None = None
+        self.inputs: torch.Tensor | None = None
         module = prenorm_module(model) if prenorm else unwrap(model).bottleneck
         self._handle = module.register_forward_hook(self._keep)
 
     def _keep(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        self.inputs = inputs[0]
         self.features = output
 
     def remove(self) -> None:

@@ -12,7 +12,8 @@ Stage t ≥ 2 minimises
   (or, with ``cra_anchor="previous"``, with the previous network's features of the current
   samples), after the trainable feature mapping block and the feature pairing block; pairs are
   chosen outside the optimised space and scored within each class, so separating classes alone
-  cannot satisfy it. ``cra_gradient`` chooses which side the term moves.
+  cannot satisfy it. ``cra_gradient`` chooses which side the term moves, ``cra_reach`` how deep
+  into the encoder.
 * Both terms can use the unbiased HSIC estimator and a short queue of past pairs, and switch on
   after a warm-up. :meth:`DAKR.stage_diagnostics` reports how much signal they carried.
 """
@@ -30,7 +31,7 @@ from dakr.continual.alignment import PairQueue, cna_vectors, grouped_alignment, 
 from dakr.continual.blocks import FeatureMappingBlock, FeaturePairs, pair_features
 from dakr.continual.diagnostics import encoder_parameters, forward_with_segmentation_loss, gradient_ratios, held_batch
 from dakr.continual.strategies.replay import Replay
-from dakr.nets.factory import BottleneckTap, encode_to_bottleneck
+from dakr.nets.factory import BottleneckTap, encode_to_bottleneck, unwrap
 from dakr.training.strategy import Batch, StageContext
 
 #: Buffer samples per pass of the previous encoder when caching their features.
@@ -63,6 +64,7 @@ class DAKR(Replay):
         self.cra_queue = PairQueue(continual.hsic_queue)
         self.diagnostics: dict[str, float] = {}
         self._prenorm_tap: BottleneckTap | None = None
+        self._bottleneck_tap: BottleneckTap | None = None
         self._projection: torch.Tensor | None = None
 
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -113,9 +115,11 @@ class DAKR(Replay):
         self.diagnostics = {}
         self.cna_queue.clear()
         self.cra_queue.clear()
-        self._remove_prenorm_tap()
+        self._remove_taps()
         if self.use_cna and self._cna_kind == "prenorm":
             self._prenorm_tap = BottleneckTap(ctx.model, prenorm=True)
+        if self.use_cra and self.config.continual.cra_reach == "bottleneck":
+            self._bottleneck_tap = BottleneckTap(ctx.model)
         if ctx.previous_model is not None and ctx.buffer is not None and len(ctx.buffer) and self._previous_kinds():
             chunks = [
                 self._encode_previous(ctx.previous_model, torch.from_numpy(ctx.buffer.images[i : i + CACHE_CHUNK]).to(ctx.device))
@@ -124,18 +128,30 @@ class DAKR(Replay):
             self.buffer_features = {kind: torch.cat([chunk[kind] for chunk in chunks]) for kind in chunks[0]}
 
     def after_stage(self, ctx: StageContext) -> None:
-        """Measure the stage's diagnostics on a held batch, then remove the activation hook."""
+        """Measure the stage's diagnostics on a held batch, then remove the activation hooks."""
         try:
             batch = held_batch(ctx) if ctx.previous_model is not None else None
             if batch is not None:
                 self.diagnostics = self._measure(ctx, batch)
         finally:
-            self._remove_prenorm_tap()
+            self._remove_taps()
 
-    def _remove_prenorm_tap(self) -> None:
+    def _remove_taps(self) -> None:
+        for tap in (self._prenorm_tap, self._bottleneck_tap):
+            if tap is not None:
+                tap.remove()
+        self._prenorm_tap = self._bottleneck_tap = None
+
+    def _cra_features(self, ctx: StageContext, features: torch.Tensor) -> torch.Tensor:
+        """The bottleneck features CRA moves: ``features`` itself, or with ``cra_reach="bottleneck"``
+        the bottleneck block recomputed from its detached input, so CRA's gradient stops there."""
+        if self._bottleneck_tap is None:
+            return features
+        prenorm = self._prenorm_tap.features if self._prenorm_tap is not None else None
+        recomputed = unwrap(ctx.model).bottleneck.forward(self._bottleneck_tap.inputs.detach())
         if self._prenorm_tap is not None:
-            self._prenorm_tap.remove()
-            self._prenorm_tap = None
+            self._prenorm_tap.features = prenorm
+        return recomputed
 
     # -- losses -----------------------------------------------------------------------------------
     def alignment_weight(self, step: int) -> float:
@@ -206,6 +222,7 @@ class DAKR(Replay):
         buffered = batch.from_buffer
         if not bool(buffered.any()) or bool(buffered.all()):
             return None
+        features = self._cra_features(ctx, features)
         buffer_side, current_side = features[buffered], features[~buffered]
         if continual.cra_gradient == "buffer":
             current_side = current_side.detach()
