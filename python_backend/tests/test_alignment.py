@@ -20,7 +20,7 @@ from dakr.data.preprocessing import PreprocessedCase
 from dakr.data.sampling import PatchSampler
 from dakr.nets import BottleneckTap, build_network, encode_to_bottleneck
 from dakr.pipeline import adapt
-from dakr.training import Batch, StageContext
+from dakr.training import Batch, StageContext, Strategy
 from dakr.training.trainer import Trainer
 
 from synthetic import SITE_CONTRASTS, TINY_OVERRIDES, case_arrays
@@ -279,16 +279,22 @@ def test_buffer_only_cna_aligns_buffered_samples_and_skips_the_previous_network_
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
-@pytest.mark.parametrize(("side", "moved", "fixed"), [("both", ("buffer", "current"), ()),
-                                                      ("buffer", ("buffer",), ("current",)),
-                                                      ("current", ("current",), ("buffer",))])
-def test_cra_gradient_reaches_only_the_chosen_side(side, moved, fixed):
-    config = config_with(**{"continual.cra_gradient": side})
+def cra_stage_and_batch(**overrides) -> tuple[StageContext, Strategy, Batch]:
+    """A stage-2 context, a started ``dakr-cra`` strategy and a batch of 8 current + 8 buffered samples."""
+    config = config_with(**overrides)
     ctx = stage_context(config, drift=0.2, buffer_size=8)
     strategy = get_strategy("dakr-cra")(config)
     strategy.before_stage(ctx)
     current_images, current_labels = ctx.sampler.sample(8, np.random.default_rng(5))
-    batch = strategy.adapt_batch(ctx, Batch(torch.from_numpy(current_images), torch.from_numpy(current_labels), torch.zeros(8, dtype=torch.bool)))
+    current = Batch(torch.from_numpy(current_images), torch.from_numpy(current_labels), torch.zeros(8, dtype=torch.bool))
+    return ctx, strategy, strategy.adapt_batch(ctx, current)
+
+
+@pytest.mark.parametrize(("side", "moved", "fixed"), [("both", ("buffer", "current"), ()),
+                                                      ("buffer", ("buffer",), ("current",)),
+                                                      ("current", ("current",), ("buffer",))])
+def test_cra_gradient_reaches_only_the_chosen_side(side, moved, fixed):
+    ctx, strategy, batch = cra_stage_and_batch(**{"continual.cra_gradient": side})
     features = encode_to_bottleneck(ctx.model, batch.images).detach().requires_grad_(True)
     strategy.extra_losses(ctx, batch, None, features)["cra"].backward()
     rows = {"buffer": batch.from_buffer, "current": ~batch.from_buffer}
@@ -298,12 +304,7 @@ def test_cra_gradient_reaches_only_the_chosen_side(side, moved, fixed):
 
 @pytest.mark.parametrize(("reach", "earlier_blocks_move"), [("encoder", True), ("bottleneck", False)])
 def test_cra_reach_chooses_how_deep_the_gradient_goes(reach, earlier_blocks_move):
-    config = config_with(**{"continual.cra_reach": reach})
-    ctx = stage_context(config, drift=0.2, buffer_size=8)
-    strategy = get_strategy("dakr-cra")(config)
-    strategy.before_stage(ctx)
-    current_images, current_labels = ctx.sampler.sample(8, np.random.default_rng(5))
-    batch = strategy.adapt_batch(ctx, Batch(torch.from_numpy(current_images), torch.from_numpy(current_labels), torch.zeros(8, dtype=torch.bool)))
+    ctx, strategy, batch = cra_stage_and_batch(**{"continual.cra_reach": reach})
     tap = BottleneckTap(ctx.model)
     ctx.model(batch.images)
     strategy.extra_losses(ctx, batch, None, tap.features)["cra"].backward()
