@@ -142,6 +142,9 @@ class ContinualConfig:
     #: ``"bottleneck"`` (only the bottleneck block: CRA sees the bottleneck recomputed from its
     #: detached input, so the earlier blocks stay free to adapt to the new site's contrast).
     cra_reach: str = "encoder"
+    #: Cap CRA's gradient on the bottleneck features at this multiple of the other terms' (the
+    #: segmentation losses' and CNA's), measured on the previous step; 0 disables the cap.
+    cra_balance: float = 0.0
     #: Use the trainable feature mapping block in CRA (else GAP of raw features).
     mapping_block: bool = True
     mapping_hidden: int = 128
@@ -179,10 +182,13 @@ class ContinualConfig:
         if self.buffer_samples < 0 or self.buffer_megabytes < 0:
             raise ConfigError("continual.buffer_samples and continual.buffer_megabytes must be >= 0")
         minimums = {"cna_pool_size": 1, "cna_spatial_samples": 4, "cra_min_pairs": 4, "hsic_queue": 0,
-                    "align_warmup_steps": 0, "align_ramp_steps": 0}
+                    "align_warmup_steps": 0, "align_ramp_steps": 0, "cra_balance": 0}
         for name, minimum in minimums.items():
             if getattr(self, name) < minimum:
                 raise ConfigError(f"continual.{name} must be >= {minimum}, got {getattr(self, name)}")
+        if self.cra_balance > 0 and self.cra_reach != "encoder":
+            raise ConfigError("continual.cra_balance measures CRA's gradient on the bottleneck features, which "
+                              "cra_reach='bottleneck' bypasses. Fix: set continual.cra_balance to 0 or cra_reach to 'encoder'")
 
 
 @dataclass

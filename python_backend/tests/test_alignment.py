@@ -12,6 +12,7 @@ import torch
 
 from dakr.config import ConfigError, ExperimentConfig, apply_overrides
 from dakr.continual.alignment import PairQueue, cna_vectors, grouped_alignment, within_group_shuffle
+from dakr.continual.balance import GradientBalance
 from dakr.continual.blocks import sample_positions
 from dakr.continual.buffer import ReplayBuffer
 from dakr.continual.hsic import normalized_hsic, unbiased_hsic
@@ -314,6 +315,31 @@ def test_cra_reach_chooses_how_deep_the_gradient_goes(reach, earlier_blocks_move
     assert gradient["bottleneck"] > 0
     assert (gradient["input"] > 0) is earlier_blocks_move
     assert list(ctx.model.bottleneck._forward_hooks) == [tap._handle.id]
+
+
+def test_gradient_balance_caps_the_term_at_a_multiple_of_the_rest():
+    balance = GradientBalance(0.5)
+    factors = []
+    for _ in range(3):
+        shared = torch.ones(4, requires_grad=True) * 1.0
+        rest = (shared * torch.tensor([1.0, 0.0, 0.0, 0.0])).sum()  # ‖g_rest‖ = 1
+        term = (balance.branch(shared) * torch.tensor([0.0, 8.0, 0.0, 0.0])).sum()  # ‖g_term‖ = 8
+        (rest + balance.factor * term).backward()
+        factors.append(balance.factor)
+    assert factors == pytest.approx([0.5 / 8] * 3)
+    weak = GradientBalance(0.5)
+    shared = torch.ones(4, requires_grad=True) * 1.0
+    (100 * shared.sum() + weak.branch(shared).sum()).backward()
+    assert weak.factor == 1.0
+    off = GradientBalance(0.0)
+    assert off.branch(shared) is shared
+
+
+def test_a_balanced_cra_stage_scales_the_term_down():
+    _, strategy = run_stage("dakr-cra", steps=6, **{"continual.cra_balance": 0.1})
+    assert 0.0 < strategy.cra_balance.factor < 1.0
+    with pytest.raises(ConfigError, match="cra_balance"):
+        apply_overrides(ExperimentConfig(), {"continual.cra_balance": 0.5, "continual.cra_reach": "bottleneck"})
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ Stage t ≥ 2 minimises
   samples), after the trainable feature mapping block and the feature pairing block; pairs are
   chosen outside the optimised space and scored within each class, so separating classes alone
   cannot satisfy it. ``cra_gradient`` chooses which side the term moves, ``cra_reach`` how deep
-  into the encoder.
+  into the encoder, and ``cra_balance`` caps its pull relative to the other terms'.
 * Both terms can use the unbiased HSIC estimator and a short queue of past pairs, and switch on
   after a warm-up. :meth:`DAKR.stage_diagnostics` reports how much signal they carried.
 """
@@ -28,6 +28,7 @@ from torch import nn
 
 from dakr.config import ExperimentConfig
 from dakr.continual.alignment import PairQueue, cna_vectors, grouped_alignment, within_group_shuffle
+from dakr.continual.balance import GradientBalance
 from dakr.continual.blocks import FeatureMappingBlock, FeaturePairs, pair_features
 from dakr.continual.diagnostics import encoder_parameters, forward_with_segmentation_loss, gradient_ratios, held_batch
 from dakr.continual.strategies.replay import Replay
@@ -62,6 +63,7 @@ class DAKR(Replay):
             )
         self.cna_queue = PairQueue(continual.hsic_queue)
         self.cra_queue = PairQueue(continual.hsic_queue)
+        self.cra_balance = GradientBalance(continual.cra_balance)
         self.diagnostics: dict[str, float] = {}
         self._prenorm_tap: BottleneckTap | None = None
         self._bottleneck_tap: BottleneckTap | None = None
@@ -115,6 +117,7 @@ class DAKR(Replay):
         self.diagnostics = {}
         self.cna_queue.clear()
         self.cra_queue.clear()
+        self.cra_balance = GradientBalance(self.config.continual.cra_balance)
         self._remove_taps()
         if self.use_cna and self._cna_kind == "prenorm":
             self._prenorm_tap = BottleneckTap(ctx.model, prenorm=True)
@@ -177,11 +180,11 @@ class DAKR(Replay):
             if cna is not None:
                 terms["cna"] = weight * continual.lambda_cna * (1.0 - cna)
         if self.use_cra:
-            pairs = self._cra_pairs(ctx, batch, features, previous)
+            pairs = self._cra_pairs(ctx, batch, self.cra_balance.branch(features), previous)
             if pairs is not None:
                 cra = self._cra_score(*self.cra_queue.join(*pairs))
                 if cra is not None:
-                    terms["cra"] = weight * continual.lambda_cra * (1.0 - cra)
+                    terms["cra"] = weight * continual.lambda_cra * self.cra_balance.factor * (1.0 - cra)
         return terms
 
     def _previous_maps(self, ctx: StageContext, batch: Batch) -> dict[str, torch.Tensor]:
