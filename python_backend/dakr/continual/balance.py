@@ -24,6 +24,11 @@ class GradientBalance:
         self.factor = 1.0
         self._term_grad: torch.Tensor | None = None
 
+    def reset(self) -> None:
+        """Start over (factor 1), e.g. at the start of a stage."""
+        self.factor = 1.0
+        self._term_grad = None
+
     def branch(self, shared: torch.Tensor) -> torch.Tensor:
         """A view of ``shared`` for the term; hooks record both gradients when backward runs."""
         if self.ratio <= 0 or not shared.requires_grad:

@@ -117,7 +117,7 @@ class DAKR(Replay):
         self.diagnostics = {}
         self.cna_queue.clear()
         self.cra_queue.clear()
-        self.cra_balance = GradientBalance(self.config.continual.cra_balance)
+        self.cra_balance.reset()
         self._remove_taps()
         if self.use_cna and self._cna_kind == "prenorm":
             self._prenorm_tap = BottleneckTap(ctx.model, prenorm=True)
