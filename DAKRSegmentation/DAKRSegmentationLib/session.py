@@ -30,7 +30,7 @@ class AdaptSettings:
     epochs: int = 4
     buffer_samples: int = 64
     lambda_cna: float = 0.3
-    lambda_cra: float = 0.5
+    lambda_cra: float = 0.25
     #: Further dotted overrides, e.g. a tiny network for self-tests.
     extra: dict[str, Any] = field(default_factory=dict)
 

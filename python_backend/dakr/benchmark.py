@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dakr.config import ExperimentConfig, apply_overrides
+from dakr.config import ExperimentConfig, apply_overrides, flatten
 from dakr.continual.strategies import MAIN_STRATEGIES, get_strategy
 from dakr.evaluation.continual_metrics import acc, bwt, forgetting, fwt
 from dakr.evaluation.statistics import paired_bootstrap, sample_std
@@ -314,7 +314,7 @@ def _run_spec(
 ) -> RunSpec:
     """The run of ``variant``; registers (in ``bases``) the shared base store it starts from."""
     overrides = {**config.overrides, **variant.overrides, "train.seed": seed, "continual.buffer_samples": budget}
-    shaping = {k: v for k, v in overrides.items() if not k.startswith("continual.") or k.startswith("continual.buffer")}
+    shaping = _base_shaping(overrides)
     key = json.dumps(shaping, sort_keys=True)
     if key not in bases:
         digest = hashlib.sha1(key.encode()).hexdigest()[:8]
@@ -352,19 +352,36 @@ def _execute(function: Callable[[Any], Any], specs: list[Any], workers: int, res
             except Exception as error:  # the other runs still finish and are recorded
                 failure = failure or error
                 continue
-            _record_path(specs[index]).write_text(json.dumps({"spec": asdict(specs[index]), "result": results[index]}))
+            _record_path(specs[index]).write_text(json.dumps({**_identity(specs[index]), "result": results[index]}))
     if failure is not None:
         raise failure
     return [results[index] for index in range(len(specs))]
 
 
-def _record_path(spec: BaseSpec | RunSpec) -> Path:
+def _record_path(spec: Any) -> Path:
     """Where the result of ``spec`` is recorded once it finished: beside its store folder."""
     return Path(spec.store_dir + ".done.json")
 
 
-def _finished(spec: BaseSpec | RunSpec) -> Any:
-    """The recorded result of ``spec`` (``{}`` for a base) when it finished with this identical spec, else ``None``.
+def _base_shaping(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that shape the stage-1 base model: all but the continual ones, except the buffer's."""
+    return {k: v for k, v in settings.items() if not k.startswith("continual.") or k.startswith("continual.buffer")}
+
+
+def _identity(spec: Any) -> dict[str, Any]:
+    """What a finished record must match to be reused: the spec and, for a base or run, every setting it resolves to.
+
+    The resolved settings include the defaults, so a run recorded before a default changed is run again.
+    """
+    identity: dict[str, Any] = {"spec": asdict(spec)}
+    if isinstance(spec, (BaseSpec, RunSpec)):
+        settings = flatten(asdict(apply_overrides(ExperimentConfig(), spec.overrides)))
+        identity["settings"] = _base_shaping(settings) if isinstance(spec, BaseSpec) else settings
+    return json.loads(json.dumps(identity))
+
+
+def _finished(spec: Any) -> Any:
+    """The recorded result of ``spec`` (``{}`` for a base) when it finished with the identical identity, else ``None``.
 
     Records keep NaN (a Dice that is undefined) as JSON ``NaN``, so a reused result equals the fresh one.
     """
@@ -372,7 +389,8 @@ def _finished(spec: BaseSpec | RunSpec) -> Any:
     if not path.is_file() or not Path(spec.store_dir).is_dir():
         return None
     record = json.loads(path.read_text())
-    if record.get("spec") != json.loads(json.dumps(asdict(spec))):
+    identity = _identity(spec)
+    if {key: record.get(key) for key in identity} != identity:
         return None
     return record.get("result") or {}
 

@@ -108,7 +108,7 @@ class ContinualConfig:
     #: Buffer samples drawn per training step, concatenated to the current batch.
     buffer_batch_size: int = 8
     lambda_cna: float = 0.3
-    lambda_cra: float = 0.5
+    lambda_cra: float = 0.25
     #: HSIC kernel for CNA and CRA: ``"gaussian"`` or ``"linear"``.
     kernel: str = "gaussian"
     #: CNA feature reduction (METHOD.md, "CNA"): ``"pooled"`` (adaptive average pooling to

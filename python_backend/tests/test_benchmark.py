@@ -11,7 +11,9 @@ import pytest
 import torch
 from synthetic import SITE_CONTRASTS, TINY_OVERRIDES, write_site
 
-from dakr.benchmark import _execute, expand_variants, run_benchmark, select_winners, user_site_dirs
+from dakr import benchmark
+from dakr.benchmark import BaseSpec, RunSpec, _execute, _finished, _identity, _record_path, expand_variants, run_benchmark, select_winners, user_site_dirs
+from dakr.config import ExperimentConfig, apply_overrides
 from dakr.cli import main
 from dakr.data.errors import DataError
 from dakr.governance.strict_json import json_safe
@@ -111,6 +113,28 @@ def test_resume_reuses_finished_runs_and_adds_only_new_seeds(tmp_path, sites, ca
     config.write_text(json.dumps({**TINY_BENCHMARK, **changed, "seeds": 1}))
     run_benchmark(str(config), tmp_path, data_dir=sites, sites=list(SITE_CONTRASTS), resume=True)
     assert record.stat().st_mtime_ns != written  # other settings: the run is done again
+
+
+def _changed_default(setting: str, value: object) -> object:
+    """An ``ExperimentConfig`` factory whose default for ``setting`` is ``value``, as after an upgrade."""
+    return lambda: apply_overrides(ExperimentConfig(), {setting: value})
+
+
+def test_resume_reruns_what_a_changed_default_would_change(tmp_path, monkeypatch) -> None:
+    base = BaseSpec(str(tmp_path / "base"), ["site1"], {"train.seed": 0}, 0.25, 0.2, 0, "audit")
+    run = RunSpec("dakr", "dakr", 0, 8, ["site1", "site2"], str(tmp_path / "run"), base.store_dir, {"train.seed": 0}, "audit")
+    for spec in (base, run):
+        Path(spec.store_dir).mkdir()
+        _record_path(spec).write_text(json.dumps({**_identity(spec), "result": {"acc": 1.0}}))
+    assert _finished(run) == {"acc": 1.0} and _finished(base) == {"acc": 1.0}
+    monkeypatch.setattr(benchmark, "ExperimentConfig", _changed_default("continual.lambda_cra", 0.9))
+    assert _finished(run) is None  # the run would align with another weight: run it again
+    assert _finished(base) == {"acc": 1.0}  # stage 1 does not depend on the alignment weights
+    monkeypatch.setattr(benchmark, "ExperimentConfig", _changed_default("train.lr", 0.5))
+    assert _finished(base) is None
+    _record_path(run).write_text(json.dumps({"spec": _identity(run)["spec"], "result": {"acc": 1.0}}))
+    monkeypatch.undo()
+    assert _finished(run) is None  # a record without its resolved settings is not trusted
 
 
 @dataclass
