@@ -20,6 +20,7 @@ import slicer
 
 import slicer_gui_doubles as doubles
 from DAKRSegmentationLib import mrmlio
+from DAKRSegmentationLib.session import AdaptSettings
 from fake_http import INFO, SITE_CHECK, FakeBackend, shift_headers
 
 MODELS_V1 = [{"id": 1, "parent": None, "site": "A", "strategy": "dakr", "created": "2026-01-02T10:00:00", "seed": 0,
@@ -217,7 +218,7 @@ def test_adapt_flow_is_driven_by_the_timer(gui, backend) -> None:
     body = json.loads(backend.requests("POST", "/jobs")[0].body)
     assert body == {"kind": "adapt", "site": "B", "strategy": "replay",
                     "config": {"train.epochs": 2, "continual.buffer_samples": 32, "continual.lambda_cna": 2.0,
-                               "continual.lambda_cra": 0.5}}
+                               "continual.lambda_cra": AdaptSettings.lambda_cra}}  # untouched: the default
     timer = poll_timer(gui)
     assert timer.isActive() and timer.interval == gui.module.POLL_INTERVAL_MS
     assert ui.cancelButton.enabled and not ui.adaptButton.enabled and not ui.rollbackButton.enabled

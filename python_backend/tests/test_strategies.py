@@ -73,7 +73,7 @@ def test_dakr_alignment_terms():
     # Identical current and previous networks: CNA is 1 - nHSIC(X, X) = 0.
     assert losses["cna"].item() == pytest.approx(0.0, abs=1e-4)
     # The default unbiased nHSIC lies in [-1, 1], so 1 - nHSIC lies in [0, 2].
-    assert 0.0 < losses["cra"].item() <= 2 * TINY_OVERRIDES.get("continual.lambda_cra", 0.5) + 1e-6
+    assert 0.0 < losses["cra"].item() <= 2 * TINY_OVERRIDES.get("continual.lambda_cra", ExperimentConfig().continual.lambda_cra) + 1e-6
     for pairing in ("class_prototype", "similarity"):
         assert "cra" in _losses("dakr", **{"continual.pairing": pairing})[0]
     assert set(_losses("dakr-cna")[0]) == {"cna"}
