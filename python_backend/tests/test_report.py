@@ -276,7 +276,10 @@ def test_report_shows_the_store_numbers_and_valid_figures(tmp_path: Path) -> Non
 
     lineage = _rows(parser, "lineage")
     assert lineage["v3"][:3] == ["v2", "siteC", "dakr"]
-    assert lineage["v3"][4:11] == ["3", "0.01", "64 samples / 64.0 MB", "0.3", "0.5", "linear", "class_prototype"]
+    continual = ExperimentConfig().continual
+    assert lineage["v3"][4:11] == [
+        "3", "0.01", "64 samples / 64.0 MB", str(continual.lambda_cna), str(continual.lambda_cra), "linear", "class_prototype",
+    ]
     assert lineage["v1"][0] == "–" and lineage["v3"][-1] == "active"
 
 
