@@ -6,6 +6,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -115,7 +116,7 @@ def test_resume_reuses_finished_runs_and_adds_only_new_seeds(tmp_path, sites, ca
     assert record.stat().st_mtime_ns != written  # other settings: the run is done again
 
 
-def _changed_default(setting: str, value: object) -> object:
+def _changed_default(setting: str, value: object) -> Callable[[], ExperimentConfig]:
     """An ``ExperimentConfig`` factory whose default for ``setting`` is ``value``, as after an upgrade."""
     return lambda: apply_overrides(ExperimentConfig(), {setting: value})
 
