@@ -117,6 +117,10 @@ class ContinualConfig:
     #: before its final normalisation + activation, pooled like ``"pooled"``) or ``"gap"``
     #: (global average pooling; near-constant after a non-affine InstanceNorm).
     cna_reduction: str = "pooled"
+    #: Where CNA takes its features: ``"bottleneck"`` (METHOD.md) or ``"decoder"`` (the last
+    #: decoder level, which also carries what the skip connections pass around the bottleneck;
+    #: use it with ``cna_reduction`` ``"spatial"`` or ``"pooled"``).
+    cna_layer: str = "bottleneck"
     cna_pool_size: int = 2
     cna_spatial_samples: int = 256
     #: Apply CNA to the buffered samples of each batch only (spares plasticity on the new site).
@@ -168,6 +172,7 @@ class ContinualConfig:
             "buffer_selection": ("random", "herding"),
             "kernel": ("gaussian", "linear"),
             "cna_reduction": ("pooled", "spatial", "prenorm", "gap"),
+            "cna_layer": ("bottleneck", "decoder"),
             "pairing": ("class_prototype", "similarity", "index"),
             "cra_scoring": ("per_class", "stacked"),
             "cra_pair_space": ("previous", "projection", "current"),
@@ -186,6 +191,9 @@ class ContinualConfig:
         for name, minimum in minimums.items():
             if getattr(self, name) < minimum:
                 raise ConfigError(f"continual.{name} must be >= {minimum}, got {getattr(self, name)}")
+        if self.cna_layer == "decoder" and self.cna_reduction == "prenorm":
+            raise ConfigError("continual.cna_reduction 'prenorm' names the bottleneck's activations, not the decoder's. "
+                              "Fix: set continual.cna_reduction to 'spatial' or 'pooled', or continual.cna_layer to 'bottleneck'")
         if self.cra_balance > 0 and self.cra_reach != "encoder":
             raise ConfigError("continual.cra_balance measures CRA's gradient on the bottleneck features, which "
                               "cra_reach='bottleneck' bypasses. Fix: set continual.cra_balance to 0 or cra_reach to 'encoder'")

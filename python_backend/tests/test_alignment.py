@@ -20,6 +20,7 @@ from dakr.continual.strategies import get_strategy
 from dakr.data.preprocessing import PreprocessedCase
 from dakr.data.sampling import PatchSampler
 from dakr.nets import BottleneckTap, build_network, encode_to_bottleneck
+from dakr.nets.factory import FeatureTap, decoder_module
 from dakr.pipeline import adapt
 from dakr.training import Batch, StageContext, Strategy
 from dakr.training.trainer import Trainer
@@ -144,6 +145,10 @@ def test_new_options_are_validated():
         apply_overrides(ExperimentConfig(), {"continual.cra_reach": "decoder"})
     with pytest.raises(ConfigError, match="continual.hsic_queue"):
         apply_overrides(ExperimentConfig(), {"continual.hsic_queue": -1})
+    with pytest.raises(ConfigError, match="continual.cna_layer"):
+        apply_overrides(ExperimentConfig(), {"continual.cna_layer": "output"})
+    with pytest.raises(ConfigError, match="Fix: set continual.cna_reduction"):
+        apply_overrides(ExperimentConfig(), {"continual.cna_layer": "decoder", "continual.cna_reduction": "prenorm"})
     defaults = ExperimentConfig().continual
     assert (defaults.cna_reduction, defaults.cra_scoring, defaults.cra_pair_space) == ("pooled", "per_class", "previous")
 
@@ -241,6 +246,7 @@ def test_cra_within_class_shuffle_scores_below_matched_pairs_after_training():
         {},
         {"continual.cna_reduction": "prenorm", "continual.cra_anchor": "previous", "continual.hsic_queue": 16},
         {"continual.cna_reduction": "spatial", "continual.cra_pair_space": "projection", "continual.cra_scoring": "stacked"},
+        {"continual.cna_layer": "decoder", "continual.cna_reduction": "spatial"},
     ],
 )
 def test_a_stage_leaves_the_previous_network_bitwise_unchanged(overrides):
@@ -260,8 +266,17 @@ def test_warm_up_then_ramp_switches_the_terms_on():
     assert get_strategy("dakr")(config_with()).alignment_weight(0) == 1.0
 
 
-def test_buffer_only_cna_aligns_buffered_samples_and_skips_the_previous_network_on_the_rest():
-    config = config_with(**{"continual.cna_buffer_only": True, "continual.kernel": "linear"})
+def decoder_maps(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The last decoder level's feature map of ``model`` on ``images``."""
+    tap = FeatureTap(decoder_module(model))
+    model(images)
+    tap.remove()
+    return tap.inputs
+
+
+@pytest.mark.parametrize("layer", ["bottleneck", "decoder"])
+def test_buffer_only_cna_aligns_buffered_samples_and_skips_the_previous_network_on_the_rest(layer):
+    config = config_with(**{"continual.cna_buffer_only": True, "continual.kernel": "linear", "continual.cna_layer": layer})
     ctx = stage_context(config, drift=0.2, buffer_size=8)
     model, previous = ctx.model, ctx.previous_model
     strategy = get_strategy("dakr-cna")(config)
@@ -273,11 +288,14 @@ def test_buffer_only_cna_aligns_buffered_samples_and_skips_the_previous_network_
     model(batch.images)
     loss = strategy.extra_losses(ctx, batch, None, tap.features)["cna"]
     rows = batch.from_buffer
+    encode = decoder_maps if layer == "decoder" else encode_to_bottleneck
     with torch.no_grad():
         expected = config.continual.lambda_cna * (1.0 - normalized_hsic(
-            *cna_vectors(tap.features[rows], encode_to_bottleneck(previous, batch.images[rows]), config.continual), "linear", "unbiased"
+            *cna_vectors(encode(model, batch.images)[rows], encode(previous, batch.images[rows]), config.continual), "linear", "unbiased"
         ))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    strategy.after_stage(ctx)
+    assert not model.output_block._forward_hooks
 
 
 def cra_stage_and_batch(**overrides) -> tuple[StageContext, Strategy, Batch]:

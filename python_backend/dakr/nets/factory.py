@@ -3,7 +3,8 @@
 The bottleneck feature map is what the continual-learning losses align. It is captured by a
 forward hook on the network's ``bottleneck`` module (:class:`BottleneckTap`) during the forward
 pass that the segmentation loss needs anyway, and a frozen previous network is run only up to
-its bottleneck with :func:`encode_to_bottleneck`.
+its bottleneck with :func:`encode_to_bottleneck`. :class:`FeatureTap` on :func:`decoder_module`
+captures the last decoder level instead.
 """
 
 from __future__ import annotations
@@ -57,7 +58,29 @@ def prenorm_module(model: nn.Module) -> nn.Module:
     return unwrap(model).bottleneck.conv2
 
 
-class BottleneckTap:
+def decoder_module(model: nn.Module) -> nn.Module:
+    """The output block, whose input is the last decoder level's feature map (full resolution, ``filters[0]`` channels)."""
+    return unwrap(model).output_block
+
+
+class FeatureTap:
+    """Keeps the output (``features``) and the first input (``inputs``) of ``module`` in the latest forward pass."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.features: torch.Tensor | None = None
+        self.inputs: torch.Tensor | None = None
+        self._handle = module.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        self.inputs = inputs[0]
+        self.features = output
+
+    def remove(self) -> None:
+        """Detach the hook from the network."""
+        self._handle.remove()
+
+
+class BottleneckTap(FeatureTap):
     """Keeps the bottleneck feature map of the latest forward pass of ``model``, and the input
     of the tapped module in ``inputs``.
 
@@ -73,15 +96,4 @@ class BottleneckTap:
     """
 
     def __init__(self, model: nn.Module, prenorm: bool = False) -> None:
-        self.features: torch.Tensor | None = None
-        self.inputs: torch.Tensor | None = None
-        module = prenorm_module(model) if prenorm else unwrap(model).bottleneck
-        self._handle = module.register_forward_hook(self._keep)
-
-    def _keep(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        self.inputs = inputs[0]
-        self.features = output
-
-    def remove(self) -> None:
-        """Detach the hook from the network."""
-        self._handle.remove()
+        super().__init__(prenorm_module(model) if prenorm else unwrap(model).bottleneck)

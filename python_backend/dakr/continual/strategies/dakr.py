@@ -32,7 +32,7 @@ from dakr.continual.balance import GradientBalance
 from dakr.continual.blocks import FeatureMappingBlock, FeaturePairs, pair_features
 from dakr.continual.diagnostics import encoder_parameters, forward_with_segmentation_loss, gradient_ratios, held_batch
 from dakr.continual.strategies.replay import Replay
-from dakr.nets.factory import BottleneckTap, encode_to_bottleneck, unwrap
+from dakr.nets.factory import BottleneckTap, FeatureTap, decoder_module, encode_to_bottleneck, unwrap
 from dakr.training.strategy import Batch, StageContext
 
 #: Buffer samples per pass of the previous encoder when caching their features.
@@ -67,6 +67,7 @@ class DAKR(Replay):
         self.diagnostics: dict[str, float] = {}
         self._prenorm_tap: BottleneckTap | None = None
         self._bottleneck_tap: BottleneckTap | None = None
+        self._decoder_tap: FeatureTap | None = None
         self._projection: torch.Tensor | None = None
 
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -78,7 +79,10 @@ class DAKR(Replay):
     # -- what the previous network must provide ---------------------------------------------------
     @property
     def _cna_kind(self) -> str:
-        return "prenorm" if self.config.continual.cna_reduction == "prenorm" else "bottleneck"
+        continual = self.config.continual
+        if continual.cna_layer == "decoder":
+            return "decoder"
+        return "prenorm" if continual.cna_reduction == "prenorm" else "bottleneck"
 
     def _previous_kinds(self) -> set[str]:
         continual = self.config.continual
@@ -93,17 +97,26 @@ class DAKR(Replay):
         return (self.use_cna and not continual.cna_buffer_only) or cra
 
     def _encode_previous(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The previous network's maps of ``images`` for every kind this configuration needs."""
+        """The previous network's maps of ``images`` for every kind this configuration needs.
+
+        Only the decoder kind needs a full forward pass; the others stop at the bottleneck.
+        """
         kinds = self._previous_kinds()
-        tap = BottleneckTap(model, prenorm=True) if "prenorm" in kinds else None
+        taps = {"bottleneck": BottleneckTap(model)}
+        if "prenorm" in kinds:
+            taps["prenorm"] = BottleneckTap(model, prenorm=True)
+        if "decoder" in kinds:
+            taps["decoder"] = FeatureTap(decoder_module(model))
         try:
             with torch.no_grad():
-                maps = {"bottleneck": encode_to_bottleneck(model, images)}
+                if "decoder" in kinds:
+                    model(images)
+                else:
+                    encode_to_bottleneck(model, images)
         finally:
-            if tap is not None:
+            for tap in taps.values():
                 tap.remove()
-                maps["prenorm"] = tap.features
-        return {kind: maps[kind] for kind in kinds}
+        return {kind: taps[kind].inputs if kind == "decoder" else taps[kind].features for kind in kinds}
 
     # -- stage hooks --------------------------------------------------------------------------------
     def before_stage(self, ctx: StageContext) -> None:
@@ -111,7 +124,9 @@ class DAKR(Replay):
 
         The buffer and the previous network do not change during a stage, and instance
         normalisation makes each sample's features independent of the rest of the batch, so a
-        step only has to run the previous encoder on the current-site part of its batch.
+        step only has to run the previous encoder on the current-site part of its batch. With
+        ``cna_layer="decoder"`` the cache holds full-resolution maps: ``filters[0]`` times the
+        buffer's image memory.
         """
         self.buffer_features = {}
         self.diagnostics = {}
@@ -121,6 +136,8 @@ class DAKR(Replay):
         self._remove_taps()
         if self.use_cna and self._cna_kind == "prenorm":
             self._prenorm_tap = BottleneckTap(ctx.model, prenorm=True)
+        if self.use_cna and self._cna_kind == "decoder":
+            self._decoder_tap = FeatureTap(decoder_module(ctx.model))
         if self.use_cra and self.config.continual.cra_reach == "bottleneck":
             self._bottleneck_tap = BottleneckTap(ctx.model)
         if ctx.previous_model is not None and ctx.buffer is not None and len(ctx.buffer) and self._previous_kinds():
@@ -140,10 +157,10 @@ class DAKR(Replay):
             self._remove_taps()
 
     def _remove_taps(self) -> None:
-        for tap in (self._prenorm_tap, self._bottleneck_tap):
+        for tap in (self._prenorm_tap, self._bottleneck_tap, self._decoder_tap):
             if tap is not None:
                 tap.remove()
-        self._prenorm_tap = self._bottleneck_tap = None
+        self._prenorm_tap = self._bottleneck_tap = self._decoder_tap = None
 
     def _cra_features(self, ctx: StageContext, features: torch.Tensor) -> torch.Tensor:
         """The bottleneck features CRA moves: ``features`` itself, or with ``cra_reach="bottleneck"``
@@ -211,7 +228,11 @@ class DAKR(Replay):
     def _cna_pairs(self, batch: Batch, features: torch.Tensor, previous: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Paired CNA rows: current vs previous network on the same inputs."""
         continual = self.config.continual
-        current_maps = self._prenorm_tap.features if self._cna_kind == "prenorm" else features
+        current_maps = features
+        if self._cna_kind == "prenorm":
+            current_maps = self._prenorm_tap.features
+        elif self._cna_kind == "decoder":
+            current_maps = self._decoder_tap.inputs
         previous_maps = previous[self._cna_kind]
         if continual.cna_buffer_only:
             current_maps, previous_maps = current_maps[batch.from_buffer], previous_maps[batch.from_buffer]
