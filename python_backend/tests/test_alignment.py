@@ -219,8 +219,9 @@ def run_stage(name: str, steps: int = 12, progress=None, **overrides):
 
 
 @pytest.mark.slow
-def test_a_stage_with_cna_keeps_higher_cna_alignment_than_replay():
-    overrides = {"train.lr": 1e-2}
+@pytest.mark.parametrize("layer", ["bottleneck", "decoder"])
+def test_a_stage_with_cna_keeps_higher_cna_alignment_than_replay(layer):
+    overrides = {"train.lr": 1e-2, "continual.cna_layer": layer}
     dakr_ctx, dakr_strategy = run_stage("dakr-cna", **overrides)
     replay_ctx, _ = run_stage("replay", **overrides)
     measure = get_strategy("dakr-cna")(replay_ctx.config)

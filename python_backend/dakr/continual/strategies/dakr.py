@@ -133,13 +133,7 @@ class DAKR(Replay):
         self.cna_queue.clear()
         self.cra_queue.clear()
         self.cra_balance.reset()
-        self._remove_taps()
-        if self.use_cna and self._cna_kind == "prenorm":
-            self._prenorm_tap = BottleneckTap(ctx.model, prenorm=True)
-        if self.use_cna and self._cna_kind == "decoder":
-            self._decoder_tap = FeatureTap(decoder_module(ctx.model))
-        if self.use_cra and self.config.continual.cra_reach == "bottleneck":
-            self._bottleneck_tap = BottleneckTap(ctx.model)
+        self._register_taps(ctx.model)
         if ctx.previous_model is not None and ctx.buffer is not None and len(ctx.buffer) and self._previous_kinds():
             chunks = [
                 self._encode_previous(ctx.previous_model, torch.from_numpy(ctx.buffer.images[i : i + CACHE_CHUNK]).to(ctx.device))
@@ -148,13 +142,27 @@ class DAKR(Replay):
             self.buffer_features = {kind: torch.cat([chunk[kind] for chunk in chunks]) for kind in chunks[0]}
 
     def after_stage(self, ctx: StageContext) -> None:
-        """Measure the stage's diagnostics on a held batch, then remove the activation hooks."""
+        """Measure the stage's diagnostics on a held batch, then remove the activation hooks.
+
+        The hooks are registered afresh, so a network trained by another strategy can be measured too.
+        """
+        self._register_taps(ctx.model)
         try:
             batch = held_batch(ctx) if ctx.previous_model is not None else None
             if batch is not None:
                 self.diagnostics = self._measure(ctx, batch)
         finally:
             self._remove_taps()
+
+    def _register_taps(self, model: nn.Module) -> None:
+        """Hook the activations this configuration reads from ``model`` (replacing earlier hooks)."""
+        self._remove_taps()
+        if self.use_cna and self._cna_kind == "prenorm":
+            self._prenorm_tap = BottleneckTap(model, prenorm=True)
+        if self.use_cna and self._cna_kind == "decoder":
+            self._decoder_tap = FeatureTap(decoder_module(model))
+        if self.use_cra and self.config.continual.cra_reach == "bottleneck":
+            self._bottleneck_tap = BottleneckTap(model)
 
     def _remove_taps(self) -> None:
         for tap in (self._prenorm_tap, self._bottleneck_tap, self._decoder_tap):
