@@ -20,7 +20,7 @@ from dakr.continual.strategies import get_strategy
 from dakr.data.preprocessing import PreprocessedCase
 from dakr.data.sampling import PatchSampler
 from dakr.nets import BottleneckTap, build_network, encode_to_bottleneck
-from dakr.nets.factory import FeatureTap, decoder_module
+from dakr.nets.factory import DecoderTap
 from dakr.pipeline import adapt
 from dakr.training import Batch, StageContext, Strategy
 from dakr.training.trainer import Trainer
@@ -269,10 +269,10 @@ def test_warm_up_then_ramp_switches_the_terms_on():
 
 def decoder_maps(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The last decoder level's feature map of ``model`` on ``images``."""
-    tap = FeatureTap(decoder_module(model))
+    tap = DecoderTap(model)
     model(images)
     tap.remove()
-    return tap.inputs
+    return tap.features
 
 
 @pytest.mark.parametrize("layer", ["bottleneck", "decoder"])

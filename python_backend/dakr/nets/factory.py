@@ -3,8 +3,8 @@
 The bottleneck feature map is what the continual-learning losses align. It is captured by a
 forward hook on the network's ``bottleneck`` module (:class:`BottleneckTap`) during the forward
 pass that the segmentation loss needs anyway, and a frozen previous network is run only up to
-its bottleneck with :func:`encode_to_bottleneck`. :class:`FeatureTap` on :func:`decoder_module`
-captures the last decoder level instead.
+its bottleneck with :func:`encode_to_bottleneck`. :class:`DecoderTap` captures
+the last decoder level instead.
 """
 
 from __future__ import annotations
@@ -97,3 +97,15 @@ class BottleneckTap(FeatureTap):
 
     def __init__(self, model: nn.Module, prenorm: bool = False) -> None:
         super().__init__(prenorm_module(model) if prenorm else unwrap(model).bottleneck)
+
+
+class DecoderTap(FeatureTap):
+    """Keeps the last decoder level's feature map of the latest forward pass of ``model`` in ``features``
+    (the input of :func:`decoder_module`; ``(B, filters[0], *patch_size)``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(decoder_module(model))
+
+    def _keep(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        super()._keep(module, inputs, output)
+        self.features = self.inputs

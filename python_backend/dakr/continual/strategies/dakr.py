@@ -32,11 +32,16 @@ from dakr.continual.balance import GradientBalance
 from dakr.continual.blocks import FeatureMappingBlock, FeaturePairs, pair_features
 from dakr.continual.diagnostics import encoder_parameters, forward_with_segmentation_loss, gradient_ratios, held_batch
 from dakr.continual.strategies.replay import Replay
-from dakr.nets.factory import BottleneckTap, FeatureTap, decoder_module, encode_to_bottleneck, unwrap
+from dakr.nets.factory import BottleneckTap, DecoderTap, FeatureTap, encode_to_bottleneck, unwrap
 from dakr.training.strategy import Batch, StageContext
 
 #: Buffer samples per pass of the previous encoder when caching their features.
 CACHE_CHUNK = 64
+
+
+def tap_for(model: nn.Module, kind: str) -> FeatureTap:
+    """A hook that keeps ``model``'s maps of ``kind`` ("bottleneck", "prenorm" or "decoder") in its ``features``."""
+    return DecoderTap(model) if kind == "decoder" else BottleneckTap(model, prenorm=kind == "prenorm")
 
 
 class DAKR(Replay):
@@ -65,9 +70,9 @@ class DAKR(Replay):
         self.cra_queue = PairQueue(continual.hsic_queue)
         self.cra_balance = GradientBalance(continual.cra_balance)
         self.diagnostics: dict[str, float] = {}
-        self._prenorm_tap: BottleneckTap | None = None
+        #: Hook on the current network for CNA's maps when they are not the bottleneck's output.
+        self._cna_tap: FeatureTap | None = None
         self._bottleneck_tap: BottleneckTap | None = None
-        self._decoder_tap: FeatureTap | None = None
         self._projection: torch.Tensor | None = None
 
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -102,11 +107,7 @@ class DAKR(Replay):
         Only the decoder kind needs a full forward pass; the others stop at the bottleneck.
         """
         kinds = self._previous_kinds()
-        taps = {"bottleneck": BottleneckTap(model)}
-        if "prenorm" in kinds:
-            taps["prenorm"] = BottleneckTap(model, prenorm=True)
-        if "decoder" in kinds:
-            taps["decoder"] = FeatureTap(decoder_module(model))
+        taps = {kind: tap_for(model, kind) for kind in kinds}
         try:
             with torch.no_grad():
                 if "decoder" in kinds:
@@ -116,7 +117,7 @@ class DAKR(Replay):
         finally:
             for tap in taps.values():
                 tap.remove()
-        return {kind: taps[kind].inputs if kind == "decoder" else taps[kind].features for kind in kinds}
+        return {kind: tap.features for kind, tap in taps.items()}
 
     # -- stage hooks --------------------------------------------------------------------------------
     def before_stage(self, ctx: StageContext) -> None:
@@ -157,28 +158,26 @@ class DAKR(Replay):
     def _register_taps(self, model: nn.Module) -> None:
         """Hook the activations this configuration reads from ``model`` (replacing earlier hooks)."""
         self._remove_taps()
-        if self.use_cna and self._cna_kind == "prenorm":
-            self._prenorm_tap = BottleneckTap(model, prenorm=True)
-        if self.use_cna and self._cna_kind == "decoder":
-            self._decoder_tap = FeatureTap(decoder_module(model))
+        if self.use_cna and self._cna_kind != "bottleneck":
+            self._cna_tap = tap_for(model, self._cna_kind)
         if self.use_cra and self.config.continual.cra_reach == "bottleneck":
             self._bottleneck_tap = BottleneckTap(model)
 
     def _remove_taps(self) -> None:
-        for tap in (self._prenorm_tap, self._bottleneck_tap, self._decoder_tap):
+        for tap in (self._cna_tap, self._bottleneck_tap):
             if tap is not None:
                 tap.remove()
-        self._prenorm_tap = self._bottleneck_tap = self._decoder_tap = None
+        self._cna_tap = self._bottleneck_tap = None
 
     def _cra_features(self, ctx: StageContext, features: torch.Tensor) -> torch.Tensor:
         """The bottleneck features CRA moves: ``features`` itself, or with ``cra_reach="bottleneck"``
         the bottleneck block recomputed from its detached input, so CRA's gradient stops there."""
         if self._bottleneck_tap is None:
             return features
-        prenorm = self._prenorm_tap.features if self._prenorm_tap is not None else None
+        cna_maps = self._cna_tap.features if self._cna_tap is not None else None
         recomputed = unwrap(ctx.model).bottleneck.forward(self._bottleneck_tap.inputs.detach())
-        if self._prenorm_tap is not None:
-            self._prenorm_tap.features = prenorm
+        if self._cna_tap is not None:
+            self._cna_tap.features = cna_maps
         return recomputed
 
     # -- losses -----------------------------------------------------------------------------------
@@ -236,11 +235,7 @@ class DAKR(Replay):
     def _cna_pairs(self, batch: Batch, features: torch.Tensor, previous: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Paired CNA rows: current vs previous network on the same inputs."""
         continual = self.config.continual
-        current_maps = features
-        if self._cna_kind == "prenorm":
-            current_maps = self._prenorm_tap.features
-        elif self._cna_kind == "decoder":
-            current_maps = self._decoder_tap.inputs
+        current_maps = features if self._cna_tap is None else self._cna_tap.features
         previous_maps = previous[self._cna_kind]
         if continual.cna_buffer_only:
             current_maps, previous_maps = current_maps[batch.from_buffer], previous_maps[batch.from_buffer]
