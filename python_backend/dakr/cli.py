@@ -392,6 +392,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
         max_upload_mb=args.max_upload_mb,
+        max_job_memory_mb=args.max_job_memory_mb,
         parent_pid=args.parent_pid,
     )
 
@@ -413,6 +414,11 @@ def add_service_verbs(verbs: Verbs) -> None:
         "--allow-origin", action="append", metavar="ORIGIN", help="a web page origin allowed to call the API (repeatable)"
     )
     sub.add_argument("--max-upload-mb", type=float, default=2048.0, help="largest accepted upload (default 2048 MB)")
+    sub.add_argument(
+        "--max-job-memory-mb",
+        type=float,
+        help="refuse adapt jobs whose settings need more memory (default: half of this machine's memory)",
+    )
     sub.add_argument("--parent-pid", type=int, help="shut down when this process ends (the Slicer that started the server)")
 
 

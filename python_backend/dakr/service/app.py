@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from dakr import __version__
 from dakr.config import ConfigError
 from dakr.data.errors import DataError, ImageGridError, SiteValidationError
+from dakr.memory_budget import default_job_memory_mb
 from dakr.service import (
     routes_audit,
     routes_governance,
@@ -73,6 +74,7 @@ def create_app(
     allowed_hosts: Iterable[str] = LOCAL_HOST_NAMES,
     allowed_origins: Iterable[str] = (),
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_job_memory_mb: float | None = None,
     cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S,
 ) -> FastAPI:
     """The API app serving the store at ``store_path``.
@@ -83,11 +85,16 @@ def create_app(
     and ``/redoc`` are served from packaged assets. Requests must name one of ``allowed_hosts``
     in their ``Host`` header; state-changing requests from a web page must come from the
     server's own origin or one of ``allowed_origins`` (which also get CORS). Jobs left running
-    by a previous server whose worker is gone are marked ``interrupted`` at startup.
+    by a previous server whose worker is gone are marked ``interrupted`` at startup. An adapt job
+    whose settings need more than ``max_job_memory_mb`` (default: half this machine's memory,
+    :func:`default_job_memory_mb`) is refused before it starts.
     """
     check_bind(loopback, token)
     if max_upload_mb <= 0:
         raise ServiceConfigError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    job_memory_mb = default_job_memory_mb() if max_job_memory_mb is None else max_job_memory_mb
+    if job_memory_mb <= 0:
+        raise ServiceConfigError(f"--max-job-memory-mb must be positive, got {job_memory_mb}")
     store = Store.open(store_path)
     runner = JobRunner(store, store.path, cancel_grace_s=cancel_grace_s)
 
@@ -121,7 +128,9 @@ def create_app(
             CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["Authorization", "Content-Type"]
         )
     app.add_middleware(HostOriginGuard, allowed_hosts=allowed_hosts, allowed_origins=origins)
-    app.state.context = ServiceContext(store=store, runner=runner, loopback=loopback)
+    app.state.context = ServiceContext(
+        store=store, runner=runner, loopback=loopback, max_job_memory_bytes=int(job_memory_mb * 2**20)
+    )
     for module in (routes_info, routes_sites, routes_jobs, routes_models, routes_governance, routes_audit, routes_shift):
         app.include_router(module.router, prefix=API_PREFIX, responses=_INVALID_REQUEST)
     _install_error_handlers(app)
@@ -194,6 +203,7 @@ def serve_main(
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_job_memory_mb: float | None = None,
     parent_pid: int | None = None,
 ) -> int:
     """Run the API server until interrupted; returns the exit code (2 for a refused configuration).
@@ -214,6 +224,7 @@ def serve_main(
             allowed_hosts=hosts,
             allowed_origins=allow_origins,
             max_upload_mb=max_upload_mb,
+            max_job_memory_mb=max_job_memory_mb,
         )
         check_tls(loopback, ssl_certfile, ssl_keyfile)
         check_reachable(host, hosts)

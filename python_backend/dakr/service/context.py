@@ -24,6 +24,8 @@ class ServiceContext:
     runner: JobRunner
     #: The server only listens on this machine; server-side paths may then be registered.
     loopback: bool
+    #: Adapt jobs whose settings need more memory than this are refused (:mod:`dakr.memory_budget`).
+    max_job_memory_bytes: int
     #: Held while the server process itself runs a network (predictions), so requests never stack torch work.
     torch_work: threading.Lock = field(default_factory=threading.Lock)
 

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
 from dakr.config import flatten
+from dakr.memory_budget import estimate_training_memory
 from dakr.continual.strategies import get_strategy
 from dakr.progress import read_events
 from dakr.service.context import ServiceContext, get_context, job_or_404, public_message
@@ -41,20 +42,26 @@ def job_out(store: Store, job: JobRecord) -> JobOut:
     "/jobs",
     response_model=JobCreatedOut,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={400: {"model": ErrorOut, "description": "bad site, strategy or config"}, **_CONFLICT},
+    responses={
+        400: {"model": ErrorOut, "description": "bad site, strategy or config, or settings that need more memory than the server allows"},
+        **_CONFLICT,
+    },
     summary="Start adapting the active model to a registered site",
 )
 def start_job(request: AdaptJobIn, context: ServiceContext = Depends(get_context)) -> JobCreatedOut:
-    """Checks the site, strategy and config overrides before the worker starts; one training job at a time."""
+    """Checks the site, strategy, config overrides and the memory they need before the worker starts; one training job at a time."""
     store = context.store
     safe_name(request.site, "site")
     overrides = flatten(request.config)
     try:
         site = store.site(request.site)
         get_strategy(request.strategy)
-        stage_config(store.active_version(), overrides)
+        config = stage_config(store.active_version(), overrides)
     except (StoreError, ValueError) as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+    estimate = estimate_training_memory(config, max(len(store.label_names or {}), 2))
+    if estimate.total > context.max_job_memory_bytes:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, estimate.explain(context.max_job_memory_bytes))
     if site.purged:
         raise HTTPException(
             status.HTTP_400_BAD_REQUEST, f"site {site.name!r} was purged; register its data again under a new name"
