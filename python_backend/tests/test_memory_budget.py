@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from dakr.config import ExperimentConfig, apply_overrides
-from dakr.data.site import discover_site
 from dakr.memory_budget import FIXES, estimate_training_memory
 from dakr.service import create_app
 from dakr.service.security import ServiceConfigError
 from dakr.store import Store
-from test_service_support import add_tiny_version, local_client, write_site
+from test_service_support import local_client, store_with_base
 
 API = "/api/v1"
 CLASSES = 3
@@ -87,10 +86,7 @@ def test_the_refusal_names_the_largest_part_and_its_fix() -> None:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    store = Store.init(tmp_path / "store")
-    store.add_site("A", discover_site(write_site(tmp_path / "A")), audit_fraction=0.25)
-    add_tiny_version(store, "A", None)
-    return store
+    return store_with_base(tmp_path)
 
 
 def test_server_refuses_a_job_that_would_exhaust_memory(store: Store) -> None:

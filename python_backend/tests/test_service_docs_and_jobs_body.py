@@ -10,10 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 import dakr.service.jobs as jobs_module
-from dakr.data.site import discover_site
 from dakr.service import create_app
 from dakr.store import Store
-from test_service_support import add_tiny_version, local_client, write_site
+from test_service_support import local_client, store_with_base
 
 API = "/api/v1"
 ASSET = re.compile(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""")
@@ -44,9 +43,7 @@ def test_docs_are_off_with_a_token(tmp_path: Path) -> None:
 @pytest.fixture
 def started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[TestClient, Store, list[int]]:
     """A store with a base version, whose job workers are stand-ins that record their thread count."""
-    store = Store.init(tmp_path / "store")
-    store.add_site("A", discover_site(write_site(tmp_path / "A")), audit_fraction=0.25)
-    add_tiny_version(store, "A", None)
+    store = store_with_base(tmp_path)
     threads: list[int] = []
 
     def stand_in(store_path: Path, job_id: str, count: int) -> list[str]:

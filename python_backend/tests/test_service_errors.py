@@ -19,7 +19,7 @@ from dakr.service.context import clean_temp_area
 from dakr.service.failures import EXIT_STORAGE_FAILED
 from dakr.service.jobs import JobRunner
 from dakr.store import Store, StoreError
-from test_service_support import add_tiny_version, case_volumes, encoded, upload_files, wait_for, write_site
+from test_service_support import case_volumes, encoded, store_with_base, upload_files, wait_for, write_site
 
 API = "/api/v1"
 HUGE = [2**63, 2**64, 10**30]
@@ -27,10 +27,7 @@ HUGE = [2**63, 2**64, 10**30]
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    store = Store.init(tmp_path / "store")
-    store.add_site("A", discover_site(write_site(tmp_path / "A")), audit_fraction=0.25)
-    add_tiny_version(store, "A", None)
-    return store
+    return store_with_base(tmp_path)
 
 
 def no_space(*args: object, **kwargs: object) -> None:

@@ -13,11 +13,10 @@ from fastapi.testclient import TestClient
 
 import dakr.service.app as app_module
 from dakr import cli
-from dakr.data.site import discover_site
 from dakr.service import create_app, serve_main
 from dakr.service.security import ServiceConfigError, allowed_host_names, check_tls, read_token
 from dakr.store import Store
-from test_service_support import add_tiny_version, local_client, upload_files, write_site
+from test_service_support import add_tiny_version, local_client, store_with_base, upload_files, write_site
 
 API = "/api/v1"
 TOKEN = "a-test-token-of-sufficient-length"
@@ -27,9 +26,7 @@ EVIL = "https://evil.example"
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     """Site A with versions 1 and 2 (2 active)."""
-    store = Store.init(tmp_path / "store")
-    store.add_site("A", discover_site(write_site(tmp_path / "A")), audit_fraction=0.25)
-    add_tiny_version(store, "A", None)
+    store = store_with_base(tmp_path)
     add_tiny_version(store, "A", 1)
     return store
 

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from dakr.config import ExperimentConfig, apply_overrides
+from dakr.data.site import discover_site
 from dakr.nets import build_network
 from dakr.pipeline import NETWORK_PREFIX
 from dakr.service.processes import SPAWN_OPTIONS
@@ -123,6 +124,14 @@ def add_tiny_version(
         parent=parent, site=site, strategy="dakr", config=config.to_dict(), seed=seed, tensors=tensors, buffer=None,
         activate=activate,
     )
+
+
+def store_with_base(root: Path) -> Store:
+    """A store under ``root`` with site A (4 cases, a quarter for audit) and an untrained tiny base version."""
+    store = Store.init(root / "store")
+    store.add_site("A", discover_site(write_site(root / "A")), audit_fraction=0.25)
+    add_tiny_version(store, "A", None)
+    return store
 
 
 def record_dice(store: Store, version: int, site: str, dice_a: float, dice_b: float) -> None:

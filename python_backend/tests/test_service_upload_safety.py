@@ -11,10 +11,9 @@ import pytest
 import SimpleITK as sitk
 from fastapi.testclient import TestClient
 
-from dakr.data.site import discover_site
 from dakr.store import Store
 from hostile_volumes import detached_mha, detached_nrrd, gzip_bomb, nifti_header
-from test_service_support import add_tiny_version, case_volumes, encoded, upload_files, write_site
+from test_service_support import add_tiny_version, case_volumes, encoded, store_with_base, upload_files, write_site
 
 API = "/api/v1"
 #: Wall-time bound that only catches a hang (the server resampling or inflating for minutes): these
@@ -28,9 +27,7 @@ SECRET = (b"patient-list-of-another-department;" * 200)[: 32 * 32 * 6]
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     """Site A and two versions: 1 keeps each volume's spacing, 2 resamples to 2 mm."""
-    store = Store.init(tmp_path / "store")
-    store.add_site("A", discover_site(write_site(tmp_path / "A")), audit_fraction=0.25)
-    add_tiny_version(store, "A", None)
+    store = store_with_base(tmp_path)
     add_tiny_version(store, "A", 1, overrides={"preprocess.target_spacing": [2.0, 2.0, 2.0]})
     return store
 
