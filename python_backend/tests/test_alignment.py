@@ -282,7 +282,7 @@ def test_buffer_only_cna_aligns_buffered_samples_and_skips_the_previous_network_
     model, previous = ctx.model, ctx.previous_model
     strategy = get_strategy("dakr-cna")(config)
     strategy.before_stage(ctx)
-    assert not strategy._needs_previous_on_current_rows()
+    assert not strategy._current_row_kinds()
     current_images, current_labels = ctx.sampler.sample(4, np.random.default_rng(5))
     batch = strategy.adapt_batch(ctx, Batch(torch.from_numpy(current_images), torch.from_numpy(current_labels), torch.zeros(4, dtype=torch.bool)))
     tap = BottleneckTap(model)
@@ -297,6 +297,23 @@ def test_buffer_only_cna_aligns_buffered_samples_and_skips_the_previous_network_
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
     strategy.after_stage(ctx)
     assert not model.output_block._forward_hooks
+
+
+def test_buffer_only_decoder_cna_runs_only_the_previous_encoder_in_a_step():
+    """The decoder maps of buffered samples come from the cache; CRA needs only the bottleneck of the rest."""
+    config = config_with(**{"continual.cna_buffer_only": True, "continual.cna_layer": "decoder", "continual.cna_reduction": "spatial"})
+    ctx = stage_context(config, drift=0.2, buffer_size=8)
+    strategy = get_strategy("dakr")(config)
+    strategy.before_stage(ctx)
+    assert strategy._current_row_kinds() == {"bottleneck"}
+    decoder_calls = []
+    hook = ctx.previous_model.output_block.register_forward_hook(lambda *args: decoder_calls.append(1))
+    current_images, current_labels = ctx.sampler.sample(4, np.random.default_rng(5))
+    batch = strategy.adapt_batch(ctx, Batch(torch.from_numpy(current_images), torch.from_numpy(current_labels), torch.zeros(4, dtype=torch.bool)))
+    tap = BottleneckTap(ctx.model)
+    terms = strategy.extra_losses(ctx, batch, ctx.model(batch.images), tap.features)
+    hook.remove()
+    assert {"cna", "cra"} <= set(terms) and decoder_calls == []
 
 
 def cra_stage_and_batch(**overrides) -> tuple[StageContext, Strategy, Batch]:

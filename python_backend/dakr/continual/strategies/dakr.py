@@ -96,17 +96,20 @@ class DAKR(Replay):
             kinds.add("bottleneck")
         return kinds
 
-    def _needs_previous_on_current_rows(self) -> bool:
+    def _current_row_kinds(self) -> set[str]:
+        """The previous network's maps that the terms read on current-site rows (buffer-only CNA reads none)."""
         continual = self.config.continual
-        cra = self.use_cra and (continual.cra_pair_space == "previous" or continual.cra_anchor == "previous")
-        return (self.use_cna and not continual.cna_buffer_only) or cra
+        kinds = self._previous_kinds()
+        if self.use_cna and continual.cna_buffer_only:
+            cra_reads_bottleneck = self.use_cra and (continual.cra_pair_space == "previous" or continual.cra_anchor == "previous")
+            kinds = (kinds - {self._cna_kind}) | ({"bottleneck"} if cra_reads_bottleneck else set())
+        return kinds
 
-    def _encode_previous(self, model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The previous network's maps of ``images`` for every kind this configuration needs.
+    def _encode_previous(self, model: nn.Module, images: torch.Tensor, kinds: set[str]) -> dict[str, torch.Tensor]:
+        """The previous network's maps of ``images`` of each of ``kinds``.
 
         Only the decoder kind needs a full forward pass; the others stop at the bottleneck.
         """
-        kinds = self._previous_kinds()
         taps = {kind: tap_for(model, kind) for kind in kinds}
         try:
             with torch.no_grad():
@@ -137,7 +140,7 @@ class DAKR(Replay):
         self._register_taps(ctx.model)
         if ctx.previous_model is not None and ctx.buffer is not None and len(ctx.buffer) and self._previous_kinds():
             chunks = [
-                self._encode_previous(ctx.previous_model, torch.from_numpy(ctx.buffer.images[i : i + CACHE_CHUNK]).to(ctx.device))
+                self._encode_previous(ctx.previous_model, torch.from_numpy(ctx.buffer.images[i : i + CACHE_CHUNK]).to(ctx.device), self._previous_kinds())
                 for i in range(0, len(ctx.buffer), CACHE_CHUNK)
             ]
             self.buffer_features = {kind: torch.cat([chunk[kind] for chunk in chunks]) for kind in chunks[0]}
@@ -220,9 +223,10 @@ class DAKR(Replay):
             return {}
         cached = bool(self.buffer_features) and batch.buffer_index is not None
         if not cached:
-            return self._encode_previous(ctx.previous_model, batch.images)
+            return self._encode_previous(ctx.previous_model, batch.images, self._previous_kinds())
         current = ~batch.from_buffer
-        fresh = self._encode_previous(ctx.previous_model, batch.images[current]) if self._needs_previous_on_current_rows() else {}
+        kinds = self._current_row_kinds()
+        fresh = self._encode_previous(ctx.previous_model, batch.images[current], kinds) if kinds else {}
         maps = {}
         for kind, buffer_maps in self.buffer_features.items():
             full = buffer_maps.new_zeros((batch.size, *buffer_maps.shape[1:]))
