@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
 from dakr.config import flatten
-from dakr.memory_budget import estimate_training_memory
 from dakr.continual.strategies import get_strategy
+from dakr.memory_budget import estimate_training_memory
 from dakr.progress import read_events
 from dakr.service.context import ServiceContext, get_context, job_or_404, public_message
 from dakr.service.job_files import EVENTS_FILE, LOG_FILE, last_event, tail_lines
@@ -43,13 +43,19 @@ def job_out(store: Store, job: JobRecord) -> JobOut:
     response_model=JobCreatedOut,
     status_code=status.HTTP_202_ACCEPTED,
     responses={
-        400: {"model": ErrorOut, "description": "bad site, strategy or config, or settings that need more memory than the server allows"},
+        400: {
+            "model": ErrorOut,
+            "description": "bad site, strategy or config, or settings that need more memory than the server allows",
+        },
         **_CONFLICT,
     },
     summary="Start adapting the active model to a registered site",
 )
 def start_job(request: AdaptJobIn, context: ServiceContext = Depends(get_context)) -> JobCreatedOut:
-    """Checks the site, strategy, config overrides and the memory they need before the worker starts; one training job at a time."""
+    """Checks the site, strategy, config overrides and the memory they need before the worker starts.
+
+    One training job runs at a time.
+    """
     store = context.store
     safe_name(request.site, "site")
     overrides = flatten(request.config)

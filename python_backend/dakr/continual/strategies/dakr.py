@@ -138,9 +138,10 @@ class DAKR(Replay):
         self.cra_queue.clear()
         self.cra_balance.reset()
         self._register_taps(ctx.model)
-        if ctx.previous_model is not None and ctx.buffer is not None and len(ctx.buffer) and self._previous_kinds():
+        kinds = self._previous_kinds()
+        if ctx.previous_model is not None and ctx.buffer is not None and len(ctx.buffer) and kinds:
             chunks = [
-                self._encode_previous(ctx.previous_model, torch.from_numpy(ctx.buffer.images[i : i + CACHE_CHUNK]).to(ctx.device), self._previous_kinds())
+                self._encode_previous(ctx.previous_model, torch.from_numpy(ctx.buffer.images[i : i + CACHE_CHUNK]).to(ctx.device), kinds)
                 for i in range(0, len(ctx.buffer), CACHE_CHUNK)
             ]
             self.buffer_features = {kind: torch.cat([chunk[kind] for chunk in chunks]) for kind in chunks[0]}
