@@ -89,21 +89,20 @@ class DAKR(Replay):
             return "decoder"
         return "prenorm" if continual.cna_reduction == "prenorm" else "bottleneck"
 
-    def _previous_kinds(self) -> set[str]:
+    def _cra_kinds(self) -> set[str]:
+        """The previous network's maps CRA reads: its bottleneck, for pairing or as the anchor."""
         continual = self.config.continual
-        kinds = {self._cna_kind} if self.use_cna else set()
-        if self.use_cra and (continual.cra_pair_space == "previous" or continual.cra_anchor == "previous"):
-            kinds.add("bottleneck")
-        return kinds
+        reads = self.use_cra and (continual.cra_pair_space == "previous" or continual.cra_anchor == "previous")
+        return {"bottleneck"} if reads else set()
+
+    def _previous_kinds(self) -> set[str]:
+        """The previous network's maps the terms read on any row."""
+        return ({self._cna_kind} if self.use_cna else set()) | self._cra_kinds()
 
     def _current_row_kinds(self) -> set[str]:
-        """The previous network's maps that the terms read on current-site rows (buffer-only CNA reads none)."""
-        continual = self.config.continual
-        kinds = self._previous_kinds()
-        if self.use_cna and continual.cna_buffer_only:
-            cra_reads_bottleneck = self.use_cra and (continual.cra_pair_space == "previous" or continual.cra_anchor == "previous")
-            kinds = (kinds - {self._cna_kind}) | ({"bottleneck"} if cra_reads_bottleneck else set())
-        return kinds
+        """The previous network's maps the terms read on current-site rows (buffer-only CNA reads none)."""
+        cna_on_current = self.use_cna and not self.config.continual.cna_buffer_only
+        return ({self._cna_kind} if cna_on_current else set()) | self._cra_kinds()
 
     def _encode_previous(self, model: nn.Module, images: torch.Tensor, kinds: set[str]) -> dict[str, torch.Tensor]:
         """The previous network's maps of ``images`` of each of ``kinds``.
