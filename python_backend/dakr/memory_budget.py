@@ -46,7 +46,7 @@ FIXES = {
     "weights": "net.filters or continual.mapping_hidden / mapping_dim",
     "buffer": "continual.buffer_megabytes or continual.buffer_samples",
     "feature cache": "continual.buffer_megabytes, or set continual.cna_layer to 'bottleneck'",
-    "kernels": "continual.cna_spatial_samples or continual.hsic_queue",
+    "kernels": "continual.cna_spatial_samples, continual.hsic_queue, train.batch_size or continual.buffer_batch_size",
 }
 
 

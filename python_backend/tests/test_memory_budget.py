@@ -99,7 +99,8 @@ def test_server_refuses_a_job_that_would_exhaust_memory(store: Store) -> None:
         hostile = {"train": {"batch_size": 10_000_000}, "continual": {"hsic_queue": 10_000_000}}
         response = client.post(f"{API}/jobs", json={"kind": "adapt", "site": "A", "config": hostile})
         assert response.status_code == 400, response.text
-        assert "more than this server allows" in response.json()["detail"] and "--max-job-memory-mb" in response.json()["detail"]
+        detail = response.json()["detail"]
+        assert "more than this server allows" in detail and "train.batch_size" in detail and "--max-job-memory-mb" in detail
     assert store.jobs() == []
 
 
