@@ -469,8 +469,24 @@ def run_chain(spec: RunSpec) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - started,
         "peak_rss_mb": _peak_rss_mb(),
         "peak_gpu_mb": peak_gpu,
-        "device": f"{device.type}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
+        "device": device_description(device),
     }
+
+
+def device_description(device: Any) -> str:
+    """Where a run trained, precisely enough to say whether it can reproduce bit for bit.
+
+    Runs are bit-identical only on the same torch build and kernel set: on a CPU with another
+    instruction set (``torch.backends.cpu.get_cpu_capability()``) the same seed gives slightly
+    different floating-point results, and so different per-seed Dice.
+    """
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name()}; torch {torch.__version__})"
+    return f"cpu ({platform.machine()} {torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__})"
 
 
 def _validation_ids(store: Any, site: str) -> list[str]:

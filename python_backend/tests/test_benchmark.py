@@ -56,6 +56,9 @@ def test_tiny_benchmark_writes_per_seed_paired_and_a_shared_base(tmp_path, sites
     out, results = _run(tmp_path, sites)
     assert {"config", "sites", "device", "strategies", "paired", "splits"} <= results.keys()
     assert results["sites"] == list(SITE_CONTRASTS)
+    # The device names the torch build and the CPU's kernel set: what bit-for-bit reproduction needs.
+    assert results["device"].startswith("cpu (")
+    assert torch.backends.cpu.get_cpu_capability() in results["device"] and f"torch {torch.__version__}" in results["device"]
     for name in ("replay", "dakr", "replay-matched"):
         row = results["strategies"][name]
         assert {"acc", "bwt", "forgetting", "fwt", "new_site", "seconds_per_step", "acc_std"} <= row.keys()
