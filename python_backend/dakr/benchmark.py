@@ -469,11 +469,11 @@ def run_chain(spec: RunSpec) -> dict[str, Any]:
         "wall_seconds": time.perf_counter() - started,
         "peak_rss_mb": _peak_rss_mb(),
         "peak_gpu_mb": peak_gpu,
-        "device": device_description(device),
+        "device": run_device(device),
     }
 
 
-def device_description(device: Any) -> str:
+def run_device(device: Any) -> str:
     """Where a run trained, precisely enough to say whether it can reproduce bit for bit.
 
     Runs are bit-identical only on the same torch build and kernel set: on a CPU with another
@@ -484,9 +484,10 @@ def device_description(device: Any) -> str:
 
     import torch
 
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name()}; torch {torch.__version__})"
-    return f"cpu ({platform.machine()} {torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__})"
+    from dakr.governance.provenance import device_description
+
+    kernels = f"{platform.machine()} {torch.backends.cpu.get_cpu_capability()}; " if device.type == "cpu" else ""
+    return f"{device_description(device)} ({kernels}torch {torch.__version__})"
 
 
 def _validation_ids(store: Any, site: str) -> list[str]:
