@@ -109,6 +109,11 @@ class ContinualConfig:
     buffer_batch_size: int = 8
     lambda_cna: float = 0.3
     lambda_cra: float = 0.25
+    #: Weight of the mean squared error between the current and the frozen previous network's
+    #: logits on the buffered samples of each batch (the buffer's loss, an [ours] choice of
+    #: METHOD.md, in the manner of dark experience replay, Buzzega et al., 2020); 0 disables.
+    #: The previous network's logits are computed once per stage, so the term costs no forward pass.
+    lambda_buffer_logits: float = 0.0
     #: HSIC kernel for CNA and CRA: ``"gaussian"`` or ``"linear"``.
     kernel: str = "gaussian"
     #: CNA feature reduction (METHOD.md, "CNA"): ``"pooled"`` (adaptive average pooling to
@@ -186,7 +191,7 @@ class ContinualConfig:
                 raise ConfigError(f"continual.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.buffer_samples < 0 or self.buffer_megabytes < 0:
             raise ConfigError("continual.buffer_samples and continual.buffer_megabytes must be >= 0")
-        minimums = {"cna_pool_size": 1, "cna_spatial_samples": 4, "cra_min_pairs": 4, "hsic_queue": 0,
+        minimums = {"lambda_buffer_logits": 0, "cna_pool_size": 1, "cna_spatial_samples": 4, "cra_min_pairs": 4, "hsic_queue": 0,
                     "align_warmup_steps": 0, "align_ramp_steps": 0, "cra_balance": 0}
         for name, minimum in minimums.items():
             if getattr(self, name) < minimum:

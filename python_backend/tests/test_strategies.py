@@ -150,3 +150,28 @@ def test_cna_with_cached_buffer_features_equals_a_full_previous_pass():
     strategy.buffer_features = {}
     full = strategy.extra_losses(ctx, batch, logits, tap.features)["cna"]
     assert cached.item() == pytest.approx(full.item(), rel=1e-4, abs=1e-6)
+
+
+def test_buffer_logit_term_is_zero_unchanged_grows_with_drift_and_matches_a_full_pass():
+    losses, batch, ctx, strategy = _losses("dakr", **{"continual.lambda_buffer_logits": 1.0})
+    assert set(losses) == {"cna", "cra", "logits"}
+    assert losses["logits"].item() == pytest.approx(0.0, abs=1e-10)
+    assert len(strategy.buffer_features["logits"]) == len(ctx.buffer)
+    with torch.no_grad():
+        for parameter in ctx.model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.2)
+    tap = BottleneckTap(ctx.model)
+    logits = ctx.model(batch.images)
+    cached = strategy.extra_losses(ctx, batch, logits, tap.features)["logits"]
+    buffered = batch.from_buffer
+    expected = (logits[buffered] - ctx.previous_model(batch.images[buffered])).pow(2).mean()
+    assert cached.item() > 1e-4 and cached.item() == pytest.approx(expected.item(), rel=1e-4)
+    strategy.buffer_features = {}
+    assert strategy.extra_losses(ctx, batch, logits, tap.features)["logits"].item() == pytest.approx(cached.item(), rel=1e-4)
+
+
+def test_alignment_terms_with_zero_weight_are_not_computed():
+    losses, _, _, _ = _losses("dakr", **{"continual.lambda_cna": 0.0, "continual.lambda_cra": 0.0,
+                                         "continual.lambda_buffer_logits": 0.5})
+    assert set(losses) == {"logits"}
+    assert set(_losses("dakr")[0]) == {"cna", "cra"}

@@ -16,6 +16,10 @@ Stage t ≥ 2 minimises
   into the encoder, and ``cra_balance`` caps its pull relative to the other terms'.
 * Both terms can use the unbiased HSIC estimator and a short queue of past pairs, and switch on
   after a warm-up. :meth:`DAKR.stage_diagnostics` reports how much signal they carried.
+* With ``lambda_buffer_logits`` > 0 the buffer's loss also keeps the current network's logits on
+  buffered samples close (squared error) to the previous network's, computed once per stage.
+  A term whose weight is 0 is not computed, so ``dakr`` with ``lambda_cna`` and ``lambda_cra`` 0
+  is replay plus that term alone: the control that shows what the HSIC terms add to it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ from dakr.training.strategy import Batch, StageContext
 
 #: Buffer samples per pass of the previous encoder when caching their features.
 CACHE_CHUNK = 64
+
+
+#: The previous network's output, as a kind of map next to the tapped activations.
+LOGITS = "logits"
 
 
 def tap_for(model: nn.Module, kind: str) -> FeatureTap:
@@ -96,8 +104,9 @@ class DAKR(Replay):
         return {"bottleneck"} if reads else set()
 
     def _previous_kinds(self) -> set[str]:
-        """The previous network's maps the terms read on any row."""
-        return ({self._cna_kind} if self.use_cna else set()) | self._cra_kinds()
+        """The previous network's maps the terms read on any row (its logits only on buffered rows)."""
+        logits = {LOGITS} if self.config.continual.lambda_buffer_logits > 0 else set()
+        return ({self._cna_kind} if self.use_cna else set()) | self._cra_kinds() | logits
 
     def _current_row_kinds(self) -> set[str]:
         """The previous network's maps the terms read on current-site rows (buffer-only CNA reads none)."""
@@ -107,19 +116,22 @@ class DAKR(Replay):
     def _encode_previous(self, model: nn.Module, images: torch.Tensor, kinds: set[str]) -> dict[str, torch.Tensor]:
         """The previous network's maps of ``images`` of each of ``kinds``.
 
-        Only the decoder kind needs a full forward pass; the others stop at the bottleneck.
+        Only the decoder kind and the logits need a full forward pass; the others stop at the bottleneck.
         """
-        taps = {kind: tap_for(model, kind) for kind in kinds}
+        taps = {kind: tap_for(model, kind) for kind in kinds - {LOGITS}}
         try:
             with torch.no_grad():
-                if "decoder" in kinds:
-                    model(images)
+                if kinds & {"decoder", LOGITS}:
+                    output = model(images)
                 else:
                     encode_to_bottleneck(model, images)
         finally:
             for tap in taps.values():
                 tap.remove()
-        return {kind: tap.features for kind, tap in taps.items()}
+        maps = {kind: tap.features for kind, tap in taps.items()}
+        if LOGITS in kinds:
+            maps[LOGITS] = output
+        return maps
 
     # -- stage hooks --------------------------------------------------------------------------------
     def before_stage(self, ctx: StageContext) -> None:
@@ -200,13 +212,17 @@ class DAKR(Replay):
         continual = self.config.continual
         previous = self._previous_maps(ctx, batch)
         terms: dict[str, torch.Tensor] = {}
-        if self.use_cna:
+        if LOGITS in previous and bool(batch.from_buffer.any()):
+            target = previous[LOGITS][batch.from_buffer].float()
+            drift = (logits[batch.from_buffer].float() - target).pow(2).mean()
+            terms["logits"] = weight * continual.lambda_buffer_logits * drift
+        if self.use_cna and continual.lambda_cna > 0:
             x, y = self._cna_pairs(batch, features, previous)
             cna = grouped_alignment(*self.cna_queue.join(x, y, x.new_zeros(x.shape[0], dtype=torch.long)),
                                     continual.kernel, continual.hsic_estimator)
             if cna is not None:
                 terms["cna"] = weight * continual.lambda_cna * (1.0 - cna)
-        if self.use_cra:
+        if self.use_cra and continual.lambda_cra > 0:
             pairs = self._cra_pairs(ctx, batch, self.cra_balance.branch(features), previous)
             if pairs is not None:
                 cra = self._cra_score(*self.cra_queue.join(*pairs))
