@@ -232,6 +232,19 @@ def test_a_stage_with_cna_keeps_higher_cna_alignment_than_replay(layer):
 
 
 @pytest.mark.slow
+def test_a_stage_with_the_buffer_logit_term_drifts_less_on_buffered_samples_than_replay():
+    overrides = {"train.lr": 1e-2, "continual.lambda_buffer_logits": 3.0, "continual.lambda_cna": 0.0, "continual.lambda_cra": 0.0}
+    _, anchored = run_stage("dakr", **overrides)
+    replay_ctx, _ = run_stage("replay", **overrides)
+    measure = get_strategy("dakr")(replay_ctx.config)
+    measure.before_stage(replay_ctx)  # the previous network's logits of the buffer, as a stage caches them
+    measure.after_stage(replay_ctx)
+    diagnostics = anchored.stage_diagnostics()
+    assert diagnostics["logits_grad_ratio"] > 0.0
+    assert diagnostics["logits_drift"] < measure.stage_diagnostics()["logits_drift"]
+
+
+@pytest.mark.slow
 def test_cra_within_class_shuffle_scores_below_matched_pairs_after_training():
     events = []
     _, strategy = run_stage("dakr-cra", progress=events.append, **{"train.batch_size": 8, "continual.buffer_batch_size": 8})

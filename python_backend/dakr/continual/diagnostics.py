@@ -40,8 +40,8 @@ def held_batch(ctx: StageContext) -> Batch | None:
     ).to(ctx.device)
 
 
-def forward_with_segmentation_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bottleneck features and L_seg of ``batch`` (full precision, the bare network outside any DDP wrapper)."""
+def forward_with_segmentation_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bottleneck features, logits and L_seg of ``batch`` (full precision, the bare network outside any DDP wrapper)."""
     net = unwrap(model)
     tap = BottleneckTap(net)
     try:
@@ -49,7 +49,7 @@ def forward_with_segmentation_loss(model: nn.Module, batch: Batch) -> tuple[torc
     finally:
         tap.remove()
     seg = segmentation_loss(logits, batch.labels, DiceCELoss(to_onehot_y=True, softmax=True), batch.from_buffer)
-    return tap.features, seg
+    return tap.features, logits, seg
 
 
 def encoder_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -212,9 +212,8 @@ class DAKR(Replay):
         continual = self.config.continual
         previous = self._previous_maps(ctx, batch)
         terms: dict[str, torch.Tensor] = {}
-        if LOGITS in previous and bool(batch.from_buffer.any()):
-            target = previous[LOGITS][batch.from_buffer].float()
-            drift = (logits[batch.from_buffer].float() - target).pow(2).mean()
+        drift = self._logit_drift(batch, logits, previous)
+        if drift is not None:
             terms["logits"] = weight * continual.lambda_buffer_logits * drift
         if self.use_cna and continual.lambda_cna > 0:
             x, y = self._cna_pairs(batch, features, previous)
@@ -251,6 +250,14 @@ class DAKR(Replay):
                 full[current] = fresh[kind].to(full.dtype)
             maps[kind] = full
         return maps
+
+    @staticmethod
+    def _logit_drift(batch: Batch, logits: torch.Tensor, previous: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Mean squared difference of the current and previous logits on the buffered rows (``None``: not asked for, or no such rows)."""
+        if LOGITS not in previous or not bool(batch.from_buffer.any()):
+            return None
+        target = previous[LOGITS][batch.from_buffer].float()
+        return (logits[batch.from_buffer].float() - target).pow(2).mean()
 
     def _cna_pairs(self, batch: Batch, features: torch.Tensor, previous: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Paired CNA rows: current vs previous network on the same inputs."""
@@ -303,14 +310,18 @@ class DAKR(Replay):
 
     # -- diagnostics --------------------------------------------------------------------------------
     def _measure(self, ctx: StageContext, batch: Batch) -> dict[str, float]:
-        """Matched vs shuffled nHSIC of each term and its encoder gradient relative to L_seg's."""
+        """Matched vs shuffled nHSIC of CNA and CRA, the buffered logits' drift, and each term's encoder gradient relative to L_seg's."""
         continual = self.config.continual
         mapping_state = copy.deepcopy(self.mapping.state_dict()) if self.mapping is not None else None
         try:
-            features, seg = forward_with_segmentation_loss(ctx.model, batch)
+            features, logits, seg = forward_with_segmentation_loss(ctx.model, batch)
             previous = self._previous_maps(ctx, batch)
             terms: dict[str, torch.Tensor] = {}
             measured: dict[str, float] = {}
+            drift = self._logit_drift(batch, logits, previous)
+            if drift is not None:
+                measured["logits_drift"] = drift.item()
+                terms["logits"] = continual.lambda_buffer_logits * drift
             if self.use_cna:
                 x, y = self._cna_pairs(batch, features, previous)
                 groups = x.new_zeros(x.shape[0], dtype=torch.long)

@@ -42,7 +42,7 @@ class Distill(Replay):
             self.diagnostics = {}
             return
         continual = self.config.continual
-        features, seg = forward_with_segmentation_loss(ctx.model, batch)
+        features, _, seg = forward_with_segmentation_loss(ctx.model, batch)
         with torch.no_grad():
             previous = encode_to_bottleneck(ctx.previous_model, batch.images)
         x, y = cna_vectors(features, previous, continual)
