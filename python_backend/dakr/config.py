@@ -112,7 +112,8 @@ class ContinualConfig:
     #: Weight of the mean squared error between the current and the frozen previous network's
     #: logits on the buffered samples of each batch (the buffer's loss, an [ours] choice of
     #: METHOD.md, in the manner of dark experience replay, Buzzega et al., 2020); 0 disables.
-    #: The previous network's logits are computed once per stage, so the term costs no forward pass.
+    #: The previous network's logits are computed once per stage, so the term costs no forward pass;
+    #: they take ``num_classes`` times the buffer's image memory.
     lambda_buffer_logits: float = 0.0
     #: HSIC kernel for CNA and CRA: ``"gaussian"`` or ``"linear"``.
     kernel: str = "gaussian"
