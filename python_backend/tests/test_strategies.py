@@ -171,7 +171,8 @@ def test_buffer_logit_term_is_zero_unchanged_grows_with_drift_and_matches_a_full
 
 
 def test_alignment_terms_with_zero_weight_are_not_computed():
-    losses, _, _, _ = _losses("dakr", **{"continual.lambda_cna": 0.0, "continual.lambda_cra": 0.0,
-                                         "continual.lambda_buffer_logits": 0.5})
+    losses, _, _, strategy = _losses("dakr", **{"continual.lambda_cna": 0.0, "continual.lambda_cra": 0.0,
+                                                "continual.lambda_buffer_logits": 0.5})
     assert set(losses) == {"logits"}
+    assert set(strategy.buffer_features) == {"logits"}  # the previous network computes only what a term reads
     assert set(_losses("dakr")[0]) == {"cna", "cra"}

@@ -91,6 +91,16 @@ class DAKR(Replay):
 
     # -- what the previous network must provide ---------------------------------------------------
     @property
+    def _cna_on(self) -> bool:
+        """CNA is part of this strategy and has a weight: a term with weight 0 is not computed."""
+        return self.use_cna and self.config.continual.lambda_cna > 0
+
+    @property
+    def _cra_on(self) -> bool:
+        """CRA is part of this strategy and has a weight."""
+        return self.use_cra and self.config.continual.lambda_cra > 0
+
+    @property
     def _cna_kind(self) -> str:
         continual = self.config.continual
         if continual.cna_layer == "decoder":
@@ -100,17 +110,17 @@ class DAKR(Replay):
     def _cra_kinds(self) -> set[str]:
         """The previous network's maps CRA reads: its bottleneck, for pairing or as the anchor."""
         continual = self.config.continual
-        reads = self.use_cra and (continual.cra_pair_space == "previous" or continual.cra_anchor == "previous")
+        reads = self._cra_on and (continual.cra_pair_space == "previous" or continual.cra_anchor == "previous")
         return {"bottleneck"} if reads else set()
 
     def _previous_kinds(self) -> set[str]:
         """The previous network's maps the terms read on any row (its logits only on buffered rows)."""
         logits = {LOGITS} if self.config.continual.lambda_buffer_logits > 0 else set()
-        return ({self._cna_kind} if self.use_cna else set()) | self._cra_kinds() | logits
+        return ({self._cna_kind} if self._cna_on else set()) | self._cra_kinds() | logits
 
     def _current_row_kinds(self) -> set[str]:
         """The previous network's maps the terms read on current-site rows (buffer-only CNA reads none)."""
-        cna_on_current = self.use_cna and not self.config.continual.cna_buffer_only
+        cna_on_current = self._cna_on and not self.config.continual.cna_buffer_only
         return ({self._cna_kind} if cna_on_current else set()) | self._cra_kinds()
 
     def _encode_previous(self, model: nn.Module, images: torch.Tensor, kinds: set[str]) -> dict[str, torch.Tensor]:
@@ -173,9 +183,9 @@ class DAKR(Replay):
     def _register_taps(self, model: nn.Module) -> None:
         """Hook the activations this configuration reads from ``model`` (replacing earlier hooks)."""
         self._remove_taps()
-        if self.use_cna and self._cna_kind != "bottleneck":
+        if self._cna_on and self._cna_kind != "bottleneck":
             self._cna_tap = tap_for(model, self._cna_kind)
-        if self.use_cra and self.config.continual.cra_reach == "bottleneck":
+        if self._cra_on and self.config.continual.cra_reach == "bottleneck":
             self._bottleneck_tap = BottleneckTap(model)
 
     def _remove_taps(self) -> None:
@@ -215,13 +225,13 @@ class DAKR(Replay):
         drift = self._logit_drift(batch, logits, previous)
         if drift is not None:
             terms["logits"] = weight * continual.lambda_buffer_logits * drift
-        if self.use_cna and continual.lambda_cna > 0:
+        if self._cna_on:
             x, y = self._cna_pairs(batch, features, previous)
             cna = grouped_alignment(*self.cna_queue.join(x, y, x.new_zeros(x.shape[0], dtype=torch.long)),
                                     continual.kernel, continual.hsic_estimator)
             if cna is not None:
                 terms["cna"] = weight * continual.lambda_cna * (1.0 - cna)
-        if self.use_cra and continual.lambda_cra > 0:
+        if self._cra_on:
             pairs = self._cra_pairs(ctx, batch, self.cra_balance.branch(features), previous)
             if pairs is not None:
                 cra = self._cra_score(*self.cra_queue.join(*pairs))
@@ -322,7 +332,7 @@ class DAKR(Replay):
             if drift is not None:
                 measured["logits_drift"] = drift.item()
                 terms["logits"] = continual.lambda_buffer_logits * drift
-            if self.use_cna:
+            if self._cna_on:
                 x, y = self._cna_pairs(batch, features, previous)
                 groups = x.new_zeros(x.shape[0], dtype=torch.long)
                 matched = grouped_alignment(x, y, groups, continual.kernel, continual.hsic_estimator)
@@ -330,7 +340,7 @@ class DAKR(Replay):
                 if matched is not None and shuffled is not None:
                     measured.update(cna_nhsic_matched=matched.item(), cna_nhsic_shuffled=shuffled.item())
                     terms["cna"] = continual.lambda_cna * (1.0 - matched)
-            if self.use_cra:
+            if self._cra_on:
                 pairs = self._cra_pairs(ctx, batch, features, previous)
                 if pairs is not None:
                     matched = self._cra_score(*pairs)
