@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -89,6 +90,8 @@ class TrainConfig:
             raise ConfigError("train.epochs, train.steps_per_epoch and train.batch_size must be >= 1")
         if not 0.0 <= self.foreground_oversample <= 1.0:
             raise ConfigError("train.foreground_oversample must be within [0, 1]")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ConfigError(f"train.lr must be > 0 and train.weight_decay >= 0, got {self.lr} and {self.weight_decay}")
 
     @property
     def total_steps(self) -> int:
@@ -192,11 +195,14 @@ class ContinualConfig:
                 raise ConfigError(f"continual.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.buffer_samples < 0 or self.buffer_megabytes < 0:
             raise ConfigError("continual.buffer_samples and continual.buffer_megabytes must be >= 0")
-        minimums = {"lambda_buffer_logits": 0, "cna_pool_size": 1, "cna_spatial_samples": 4, "cra_min_pairs": 4, "hsic_queue": 0,
+        minimums = {"lambda_cna": 0, "lambda_cra": 0, "lambda_buffer_logits": 0, "ewc_lambda": 0, "lwf_lambda": 0,
+                    "distill_lambda": 0, "cna_pool_size": 1, "cna_spatial_samples": 4, "cra_min_pairs": 4, "hsic_queue": 0,
                     "align_warmup_steps": 0, "align_ramp_steps": 0, "cra_balance": 0}
         for name, minimum in minimums.items():
             if getattr(self, name) < minimum:
                 raise ConfigError(f"continual.{name} must be >= {minimum}, got {getattr(self, name)}")
+        if self.lwf_temperature <= 0:
+            raise ConfigError(f"continual.lwf_temperature must be > 0, got {self.lwf_temperature}")
         if self.cna_layer == "decoder" and self.cna_reduction == "prenorm":
             raise ConfigError("continual.cna_reduction 'prenorm' names the bottleneck's activations, not the decoder's. "
                               "Fix: set continual.cna_reduction to 'spatial' or 'pooled', or continual.cna_layer to 'bottleneck'")
@@ -260,6 +266,9 @@ def _coerce(value: Any, current: Any, name: str) -> Any:
             value = json.loads(value)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{name}: cannot parse {value!r}") from exc
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(number, float) and not math.isfinite(number) for number in numbers):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{name} must be true or false, got {value!r}")

@@ -32,6 +32,12 @@ def test_partial_file_merges_over_defaults(tmp_path):
         ({"train.epochs": 1.5}, "must be an integer"),
         ({"continual.pairing": "random"}, "continual.pairing must be one of"),
         ({"net.spatial_dims": 4}, "net.spatial_dims must be 2 or 3"),
+        ({"train.epochs": "Infinity"}, "train.epochs must be a finite number"),
+        ({"train.lr": float("nan")}, "train.lr must be a finite number"),
+        ({"preprocess.target_spacing": [1.0, float("inf"), 1.0]}, "preprocess.target_spacing must be a finite number"),
+        ({"train.lr": 0.0}, "train.lr must be > 0"),
+        ({"continual.lambda_cra": -1.0}, "continual.lambda_cra must be >= 0"),
+        ({"continual.lwf_temperature": 0.0}, "continual.lwf_temperature must be > 0"),
     ],
 )
 def test_bad_overrides(overrides, message):

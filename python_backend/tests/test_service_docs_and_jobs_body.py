@@ -71,6 +71,10 @@ def test_nested_keys_are_checked_like_dotted_ones(started) -> None:
         response = client.post(f"{API}/jobs", json={"kind": "adapt", "site": "A", "config": config})
         assert response.status_code == 400 and message in response.json()["detail"], response.text
     assert client.post(f"{API}/jobs", json={"kind": "adapt", "site": "A", "threads": 0}).status_code == 422
+    for literal in ("Infinity", "NaN"):  # Python's JSON reader accepts these literals; the config must not
+        body = '{"kind": "adapt", "site": "A", "config": {"train": {"epochs": %s}}}' % literal
+        response = client.post(f"{API}/jobs", content=body, headers={"content-type": "application/json"})
+        assert response.status_code == 400 and "must be a finite number" in response.json()["detail"], response.text
     assert store.jobs() == []
 
 
