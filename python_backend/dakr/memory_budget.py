@@ -4,7 +4,7 @@ The server checks it before it starts a job, so config overrides from a client (
 patch, buffer or HSIC queue) are refused with a message naming the settings to lower, instead
 of driving the machine out of memory. The estimate covers what the settings scale: the
 network's activations and their gradients, its weights with the optimiser's and the previous
-network's copies, the replay buffer, DAKR's cache of the previous network's buffer features and
+network's copies, the replay buffer, DAKR's cache of the previous network's buffer features (and logits) and
 the HSIC kernel matrices. The site's own volumes and the interpreter come on top; they are
 bounded by the upload limits, not by the config. Imports no torch.
 """
@@ -45,7 +45,8 @@ FIXES = {
     "activations": "train.batch_size, continual.buffer_batch_size, net.patch_size or net.filters",
     "weights": "net.filters or continual.mapping_hidden / mapping_dim",
     "buffer": "continual.buffer_megabytes or continual.buffer_samples",
-    "feature cache": "continual.buffer_megabytes, or set continual.cna_layer to 'bottleneck'",
+    "feature cache": ("continual.buffer_megabytes, or set continual.cna_layer to 'bottleneck' "
+                      "and continual.lambda_buffer_logits to 0"),
     "kernels": "continual.cna_spatial_samples, continual.hsic_queue, train.batch_size or continual.buffer_batch_size",
 }
 
@@ -85,6 +86,8 @@ def estimate_training_memory(config: ExperimentConfig, num_classes: int) -> Memo
     activations = samples * (MAPS_PER_LEVEL * level_values * (1 + BACKWARD_FACTOR) + OUTPUT_MAPS_PER_CLASS * num_classes * voxels)
     buffer_values = min(continual.buffer_samples * voxels, int(continual.buffer_megabytes * 2**20) // BYTES_PER_VALUE)
     cached_width = net.filters[0] if continual.cna_layer == "decoder" else net.filters[-1] / 2 ** (dims * (len(net.filters) - 1))
+    if continual.lambda_buffer_logits > 0:
+        cached_width += num_classes  # the previous network's logits of every buffer sample
     kernel_rows = max(continual.cna_spatial_samples, samples) + continual.hsic_queue
     parts = {
         "activations": activations,

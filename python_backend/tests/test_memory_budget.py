@@ -78,6 +78,8 @@ def test_each_part_grows_with_the_settings_named_to_lower_it() -> None:
     decoder = parts(**{"continual.cna_layer": "decoder", "continual.cna_reduction": "spatial"})["feature cache"]
     filters = ExperimentConfig().net.filters
     assert decoder == pytest.approx(base["feature cache"] * filters[0] / (filters[-1] / 4 ** (len(filters) - 1)))
+    with_logits = parts(**{"continual.lambda_buffer_logits": 1.0})["feature cache"]
+    assert with_logits == pytest.approx(base["feature cache"] * (1 + CLASSES / (filters[-1] / 4 ** (len(filters) - 1))))
     assert parts(**{"continual.mapping_hidden": 4096})["weights"] > base["weights"]
     assert set(base) == set(FIXES)
 
